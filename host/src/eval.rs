@@ -1,0 +1,3 @@
+//! Built-in evaluators.
+
+pub mod knn;

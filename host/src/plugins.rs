@@ -1,0 +1,7 @@
+//! Plugin discovery, loading, ABI checks and the registry sessions look plugins up in.
+
+pub mod loader;
+pub mod registry;
+
+pub use loader::{LoadError, LoadedPlugin, load};
+pub use registry::{PluginRegistry, RegistryError};

@@ -1,0 +1,14 @@
+//! A session = one backbone plus ordered stages. The step loop lives here; events
+//! flow out to whoever drives the session (the CLI's printer, later the TUI).
+
+pub mod error;
+pub mod eval_stage;
+pub mod events;
+pub mod plugin_call;
+pub mod pretrain;
+pub mod report;
+pub mod runner;
+
+pub use error::SessionError;
+pub use events::SessionEvent;
+pub use runner::{RunOptions, SessionOutcome, run_session};

@@ -1,0 +1,51 @@
+//! What a running session reports.
+
+use std::path::PathBuf;
+
+/// One event out of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// A stage started.
+    StageStarted {
+        /// Human name of the stage.
+        stage: String,
+        /// Optimizer steps in the stage (0 for evaluation).
+        total_steps: u64,
+        /// The step it starts from (non-zero when resumed).
+        start_step: u64,
+    },
+    /// One optimizer step finished.
+    Step {
+        /// Global step, from 1 after the first step.
+        step: u64,
+        /// Epoch.
+        epoch: u64,
+        /// The loss.
+        loss: f64,
+        /// The learning rate used.
+        lr: f64,
+        /// Training images per second (recent average).
+        images_per_sec: f64,
+    },
+    /// An epoch finished.
+    Epoch {
+        /// Epoch index.
+        epoch: u64,
+        /// Mean loss over the epoch.
+        mean_loss: f64,
+    },
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Where.
+        path: PathBuf,
+    },
+    /// An evaluation result.
+    Eval {
+        /// What was measured, e.g. `knn@20 (trained)`.
+        name: String,
+        /// The value.
+        value: f64,
+    },
+    /// A log line.
+    Log(String),
+}

@@ -1,0 +1,405 @@
+//! The `Pretrain` stage: data → plugin step → backward → clip → optimizer →
+//! plugin after-step, with checkpoints, metrics and events.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use abi_stable::std_types::{ROption, RVec};
+use candle_core::{Tensor, Var, backprop::GradStore};
+use patchwork_plugin_api::abi::{BatchAbi, InstanceId, StepInfo, TensorId};
+use rand_chacha::ChaCha8Rng;
+
+use super::{SessionError, SessionEvent, plugin_call::check};
+use crate::{
+    data::{
+        loader::{Dataset, Loader, LoaderConfig, Transform, batches_per_epoch},
+        views::ViewSpec,
+    },
+    engine::{
+        checkpoint::{self, Checkpoint},
+        clip::clip_per_param,
+        context, optim, registry,
+        schedule::cosine,
+    },
+    plugins::LoadedPlugin,
+    workspace::schema::{Optimizer, PretrainStage},
+};
+
+/// ImageNet statistics, DINO's normalisation.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet standard deviations.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// The optimizer of a stage, with its state saved in checkpoints.
+enum Optim {
+    AdamW(optim::AdamW),
+    Sgd(optim::Sgd),
+}
+
+impl Optim {
+    fn new(cfg: &Optimizer, params: Vec<(String, Var, bool)>) -> Result<Self, optim::OptimError> {
+        Ok(match cfg {
+            Optimizer::AdamW(c) => Self::AdamW(optim::AdamW::new(
+                params,
+                optim::AdamWConfig { beta1: c.beta1, beta2: c.beta2, ..Default::default() },
+            )?),
+            Optimizer::Sgd(c) => Self::Sgd(optim::Sgd::new(
+                params,
+                optim::SgdConfig { momentum: c.momentum, ..Default::default() },
+            )?),
+        })
+    }
+    fn step(&mut self, g: &GradStore, lr: f64, wd: f64) -> Result<(), optim::OptimError> {
+        match self {
+            Self::AdamW(o) => o.step(g, lr, wd),
+            Self::Sgd(o) => o.step(g, lr, wd),
+        }
+    }
+    fn state(&self) -> Result<Vec<(String, Tensor)>, optim::OptimError> {
+        match self {
+            Self::AdamW(o) => o.state(),
+            Self::Sgd(o) => o.state(),
+        }
+    }
+    fn load_state(&mut self, e: &[(String, Tensor)]) -> Result<(), optim::OptimError> {
+        match self {
+            Self::AdamW(o) => o.load_state(e),
+            Self::Sgd(o) => o.load_state(e),
+        }
+    }
+}
+
+/// The schedules of a stage: (lr, weight decay) at a step.
+struct Schedules {
+    lr: (f64, f64, u64),
+    wd: (f64, f64),
+    clip: f64,
+    total: u64,
+}
+
+impl Schedules {
+    fn new(cfg: &Optimizer, steps_per_epoch: u64, total: u64) -> Self {
+        match cfg {
+            Optimizer::AdamW(c) => Self {
+                lr: (c.lr, c.min_lr, u64::from(c.warmup_epochs) * steps_per_epoch),
+                wd: (c.weight_decay, c.weight_decay_end),
+                clip: c.clip_grad,
+                total,
+            },
+            Optimizer::Sgd(c) => Self {
+                lr: (c.lr, c.min_lr, u64::from(c.warmup_epochs) * steps_per_epoch),
+                wd: (c.weight_decay, c.weight_decay),
+                clip: 0.0,
+                total,
+            },
+        }
+    }
+    fn at(&self, step: u64) -> (f64, f64) {
+        let lr = cosine(self.lr.0, self.lr.1, self.lr.2, 0.0, self.total, step);
+        let wd = cosine(self.wd.0, self.wd.1, 0, self.wd.0, self.total, step);
+        (lr, wd)
+    }
+}
+
+/// Everything the stage needs from the session.
+pub struct StageEnv<'a> {
+    /// The pretext plugin and its instance.
+    pub task: (&'a LoadedPlugin, InstanceId),
+    /// The stage settings.
+    pub stage: &'a PretrainStage,
+    /// Training split.
+    pub train: Arc<dyn Dataset>,
+    /// Session seed.
+    pub seed: u64,
+    /// Steps between checkpoints (0 = once per epoch).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+    /// `runs/<ws>/<session>/`.
+    pub run_dir: PathBuf,
+    /// Resume from the last checkpoint.
+    pub resume: bool,
+    /// Extra metadata stored in every checkpoint (e.g. random-init k-NN).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What the stage produced.
+pub struct PretrainOutcome {
+    /// Mean loss of each epoch (those run in this process and earlier ones from metrics).
+    pub epoch_losses: Vec<f64>,
+    /// Steps done.
+    pub steps: u64,
+    /// Average training images per second in this process.
+    pub images_per_sec: f64,
+    /// Metadata restored from the checkpoint (when resumed).
+    pub restored_metadata: BTreeMap<String, String>,
+}
+
+fn rng_state(rng: &ChaCha8Rng) -> String {
+    let seed: Vec<String> = rng.get_seed().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}:{}", seed.concat(), rng.get_word_pos())
+}
+
+fn restore_rng(text: &str) -> Option<ChaCha8Rng> {
+    use rand::SeedableRng;
+    let (seed_hex, pos) = text.split_once(':')?;
+    let mut seed = [0u8; 32];
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = u8::from_str_radix(seed_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    let mut rng = ChaCha8Rng::from_seed(seed);
+    rng.set_word_pos(pos.parse().ok()?);
+    Some(rng)
+}
+
+fn save_checkpoint(dir: &Path, step: u64, epoch: u64, batch: usize, opt: &Optim, meta: &BTreeMap<String, String>) -> Result<PathBuf, SessionError> {
+    let mut tensors = Vec::new();
+    let mut metadata = meta.clone();
+    context::with(|c| {
+        for (name, p) in c.store.params() {
+            tensors.push((format!("param/{name}"), p.var.as_tensor().clone()));
+        }
+        for (name, t) in c.store.states() {
+            tensors.push((format!("state/{name}"), t.clone()));
+        }
+        metadata.insert("rng".into(), rng_state(&c.rng));
+    });
+    tensors.extend(opt.state()?.into_iter().map(|(n, t)| (format!("optim/{n}"), t)));
+    metadata.insert("step".into(), step.to_string());
+    metadata.insert("epoch".into(), epoch.to_string());
+    metadata.insert("batch".into(), batch.to_string());
+    let path = dir.join(checkpoint::file_name(step));
+    checkpoint::save(&path, &Checkpoint { tensors, metadata })?;
+    Ok(path)
+}
+
+/// Restores a checkpoint; returns (step, epoch, batch, metadata).
+fn restore(path: &Path, opt: &mut Optim) -> Result<(u64, u64, usize, BTreeMap<String, String>), SessionError> {
+    let device = context::device();
+    let ckpt = checkpoint::load(path, &device)?;
+    let corrupt = |reason: String| checkpoint::CheckpointError::Corrupt { path: path.to_path_buf(), reason };
+    let num = |key: &str| -> Result<u64, SessionError> {
+        Ok(ckpt.metadata.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(format!("metadata '{key}' missing")))?)
+    };
+    let (step, epoch, batch) = (num("step")?, num("epoch")?, num("batch")? as usize);
+    let rng = ckpt.metadata.get("rng").and_then(|s| restore_rng(s)).ok_or_else(|| corrupt("rng state missing".into()))?;
+    let mut optim_entries = Vec::new();
+    let mut failure = None;
+    context::with(|c| {
+        for (name, t) in &ckpt.tensors {
+            if let Some(p) = name.strip_prefix("param/") {
+                if let Err(e) = c.store.set(p, t) {
+                    failure = Some(corrupt(e.to_string()));
+                }
+            } else if let Some(s) = name.strip_prefix("state/") {
+                c.store.set_state(s, t);
+            } else if let Some(o) = name.strip_prefix("optim/") {
+                optim_entries.push((o.to_string(), t.clone()));
+            }
+        }
+        c.rng = rng;
+    });
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    opt.load_state(&optim_entries).map_err(|e| corrupt(format!("optimizer state: {e}")))?;
+    Ok((step, epoch, batch, ckpt.metadata))
+}
+
+fn view_specs(plugin: &LoadedPlugin, instance: InstanceId) -> Result<Vec<ViewSpec>, SessionError> {
+    let raw = check(plugin, "views", (plugin.root.pretext_views())(instance))?;
+    Ok(raw
+        .iter()
+        .map(|v| ViewSpec {
+            count: v.count as usize,
+            size: v.size as usize,
+            scale: (v.scale_min, v.scale_max),
+            flip_p: v.flip_p,
+            jitter_p: v.jitter_p,
+            gray_p: v.gray_p,
+            blur_p: v.blur_p,
+            solarize_p: v.solarize_p,
+        })
+        .collect())
+}
+
+/// Releases handles when dropped (also on early return).
+struct Handles(Vec<TensorId>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            registry::remove(*id);
+        }
+    }
+}
+
+/// Runs the stage.
+pub fn run(env: StageEnv<'_>, emit: &mut dyn FnMut(SessionEvent)) -> Result<PretrainOutcome, SessionError> {
+    let (plugin, instance) = env.task;
+    let stage = env.stage;
+    let specs = view_specs(plugin, instance)?;
+    let loader_cfg = LoaderConfig { batch_size: stage.batch_size, seed: env.seed, ..Default::default() };
+    let spe = batches_per_epoch(env.train.len(), stage.batch_size, true) as u64;
+    if spe == 0 {
+        return Err(SessionError::Unsupported(format!(
+            "the training split has {} images, fewer than one batch of {}",
+            env.train.len(),
+            stage.batch_size
+        )));
+    }
+    let epochs = u64::from(stage.epochs);
+    let total = spe * epochs;
+    let sched = Schedules::new(&stage.optimizer, spe, total);
+    let params: Vec<(String, Var, bool)> = context::with(|c| {
+        c.store
+            .params()
+            .iter()
+            .filter(|(_, p)| p.trainable)
+            .map(|(n, p)| (n.clone(), p.var.clone(), optim::decays(n, p.var.dims())))
+            .collect()
+    })
+    .unwrap_or_default();
+    let vars: Vec<(String, Var)> = params.iter().map(|(n, v, _)| (n.clone(), v.clone())).collect();
+    let mut opt = Optim::new(&stage.optimizer, params)?;
+
+    let ckpt_dir = env.run_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).map_err(SessionError::io(&ckpt_dir))?;
+    let (mut step, mut epoch, mut start_batch, mut restored) = (0u64, 0u64, 0usize, BTreeMap::new());
+    let mut last_good: Option<PathBuf> = None;
+    if env.resume {
+        if let Some(path) = checkpoint::latest(&ckpt_dir) {
+            (step, epoch, start_batch, restored) = restore(&path, &mut opt)?;
+            emit(SessionEvent::Log(format!("resumed from '{}' at step {step}", path.display())));
+            last_good = Some(path);
+        }
+    }
+    let mut meta = env.metadata.clone();
+    for (k, v) in &restored {
+        if k.starts_with("knn_") {
+            meta.insert(k.clone(), v.clone());
+        }
+    }
+    emit(SessionEvent::StageStarted { stage: format!("pretrain ({})", plugin.name()), total_steps: total, start_step: step });
+
+    let metrics_path = env.run_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(SessionError::io(&metrics_path))?;
+    let mut epoch_losses = Vec::new();
+    let started = Instant::now();
+    let mut images = 0usize;
+    let every = if env.checkpoint_every == 0 { spe } else { env.checkpoint_every };
+    let var_list: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+
+    while epoch < epochs {
+        let loader = Loader::start(
+            Arc::clone(&env.train),
+            &loader_cfg,
+            Transform::Views { specs: specs.clone(), mean: IMAGENET_MEAN, std: IMAGENET_STD },
+            epoch,
+            start_batch,
+        )?;
+        let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+        for batch in loader {
+            let batch = batch?;
+            let bsz = batch.labels.len();
+            let device = context::device();
+            let mut handles = Handles(Vec::new());
+            for v in &batch.views {
+                handles.0.push(registry::insert(v.to_tensor(&device)?));
+            }
+            let labels = registry::insert(Tensor::from_slice(&batch.labels, bsz, &device)?);
+            handles.0.push(labels);
+            let abi = BatchAbi {
+                views: RVec::from(handles.0[..batch.views.len()].to_vec()),
+                labels: ROption::RSome(labels),
+            };
+            let info = StepInfo { step, epoch, steps_per_epoch: spe, total_steps: total, epochs };
+            let out = check(plugin, "step", (plugin.root.pretext_step())(instance, &abi, info))?;
+            let loss_t = registry::remove(out.loss)
+                .ok_or_else(|| SessionError::Unsupported("plugin returned an invalid loss handle".into()))?;
+            let loss = f64::from(loss_t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(f32::NAN));
+            if !loss.is_finite() {
+                let last_good = match &last_good {
+                    Some(p) => format!("last good checkpoint: '{}'", p.display()),
+                    None => "no checkpoint was written yet".to_string(),
+                };
+                return Err(SessionError::NonFinite { value: loss, step, epoch, last_good });
+            }
+            let mut grads = loss_t.backward()?;
+            drop(loss_t);
+            let frozen = check(plugin, "frozen", (plugin.root.pretext_frozen())(instance, info))?;
+            for prefix in frozen.iter() {
+                let dot = format!("{}.", prefix.as_str());
+                for (name, var) in &vars {
+                    if name == prefix.as_str() || name.starts_with(&dot) {
+                        grads.remove(var.as_tensor());
+                    }
+                }
+            }
+            if sched.clip > 0.0 {
+                clip_per_param(&mut grads, &var_list, sched.clip)?;
+            }
+            let (lr, wd) = sched.at(step);
+            opt.step(&grads, lr, wd)?;
+            drop(grads);
+            check(plugin, "after_step", (plugin.root.pretext_after_step())(instance, info))?;
+            drop(handles);
+            step += 1;
+            images += bsz;
+            loss_sum += loss;
+            loss_n += 1;
+            let ips = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let mut record = serde_json::json!({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "wd": wd, "images_per_sec": ips});
+            for m in out.metrics.iter() {
+                record[m.name.as_str()] = serde_json::json!(m.value);
+            }
+            writeln!(metrics, "{record}").map_err(SessionError::io(&metrics_path))?;
+            emit(SessionEvent::Step { step, epoch, loss, lr, images_per_sec: ips });
+            for line in context::with(|c| std::mem::take(&mut c.logs)).unwrap_or_default() {
+                emit(SessionEvent::Log(line));
+            }
+            let end_of_epoch = batch.batch + 1 == spe as usize;
+            if step % every == 0 || end_of_epoch {
+                let (e, b) = if end_of_epoch { (epoch + 1, 0) } else { (epoch, batch.batch + 1) };
+                let path = save_checkpoint(&ckpt_dir, step, e, b, &opt, &meta)?;
+                checkpoint::prune(&ckpt_dir, env.keep_checkpoints.max(1))?;
+                emit(SessionEvent::Checkpoint { path: path.clone() });
+                last_good = Some(path);
+            }
+        }
+        let mean = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };
+        if loss_n > 0 {
+            epoch_losses.push(mean);
+            emit(SessionEvent::Epoch { epoch, mean_loss: mean });
+        }
+        epoch += 1;
+        start_batch = 0;
+    }
+    let images_per_sec = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    Ok(PretrainOutcome { epoch_losses, steps: step, images_per_sec, restored_metadata: restored })
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngCore, SeedableRng};
+
+    use super::*;
+
+    #[test]
+    fn rng_state_round_trips() {
+        let mut rng = ChaCha8Rng::seed_from_u64(42);
+        rng.next_u64();
+        let text = rng_state(&rng);
+        let mut back = restore_rng(&text).unwrap();
+        assert_eq!(rng.next_u64(), back.next_u64());
+    }
+}

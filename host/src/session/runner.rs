@@ -1,0 +1,240 @@
+//! Runs one session of a workspace: resolves plugins and data, runs the stages in
+//! order, writes `runs/<workspace>/<session>/` (config, metrics, checkpoints, report).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use candle_core::Device;
+use patchwork_plugin_api::abi::{InstanceId, PluginKind};
+
+use super::{
+    SessionError, SessionEvent,
+    eval_stage::{BackboneInstance, knn},
+    plugin_call::{check, create},
+    pretrain::{self, StageEnv},
+    report::{self, KnnResult, ReportData},
+};
+use crate::{
+    data::{
+        loader::Dataset,
+        shapes::{Shapes, Split},
+    },
+    engine::{
+        checkpoint,
+        context::{self, BackboneSource, HostContext},
+    },
+    plugins::{LoadedPlugin, PluginRegistry},
+    workspace::schema::{DataSource, DeviceSpec, Evaluator, Session, Stage, Workspace, resolve},
+};
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the last checkpoint of the run directory.
+    pub resume: bool,
+    /// The workspace file (for relative paths and error positions).
+    pub workspace_path: PathBuf,
+    /// Its text (for mapping plugin config errors to file positions).
+    pub workspace_source: String,
+}
+
+/// What a finished session leaves.
+#[derive(Debug, Clone)]
+pub struct SessionOutcome {
+    /// `runs/<workspace>/<session>/`.
+    pub run_dir: PathBuf,
+    /// What the report says.
+    pub report: ReportData,
+}
+
+/// Creates the device a session names.
+pub fn device(spec: &str) -> Result<Device, SessionError> {
+    match DeviceSpec::parse(spec) {
+        Some(DeviceSpec::Cpu) => Ok(Device::Cpu),
+        Some(DeviceSpec::Cuda(n)) => Device::new_cuda(n).map_err(|e| {
+            SessionError::Unsupported(format!(
+                "device '{spec}' is not available: {e} (build with `--features cuda` on a machine with an NVIDIA GPU)"
+            ))
+        }),
+        None => Err(SessionError::Unsupported(format!("unknown device '{spec}' (use \"cpu\" or \"cuda:N\")"))),
+    }
+}
+
+struct Data {
+    train: Arc<dyn Dataset>,
+    val: Arc<dyn Dataset>,
+    classes: usize,
+    size: usize,
+}
+
+fn data(ws: &Workspace, session: &Session) -> Result<Data, SessionError> {
+    match ws.data.get(&session.data) {
+        Some(DataSource::Shapes(cfg)) => {
+            let shapes = Shapes::new(cfg.clone())?;
+            Ok(Data {
+                train: Arc::new(shapes.split(Split::Train)),
+                val: Arc::new(shapes.split(Split::Val)),
+                classes: shapes.classes(),
+                size: cfg.size,
+            })
+        }
+        Some(DataSource::ImageFolder(_)) => Err(SessionError::Unsupported(
+            "training on ImageFolder sources is not available yet; use a Shapes source (images can be embedded with `patchwork embed --images`)".into(),
+        )),
+        None => Err(SessionError::Unsupported(format!("unknown data source '{}'", session.data))),
+    }
+}
+
+/// Guard that uninstalls the session context however the session ends.
+struct ContextGuard;
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        context::take();
+    }
+}
+
+/// Creates a backbone instance with its parameters under `scope`.
+fn backbone_at<'a>(plugin: &'a LoadedPlugin, config: &str, scope: &str) -> Result<BackboneInstance<'a>, SessionError> {
+    let r = (plugin.root.create())(config.into(), crate::engine::host_ops::table(), scope.into());
+    let instance = check(plugin, "create", r)?;
+    Ok(BackboneInstance { plugin, instance })
+}
+
+fn destroy(plugin: &LoadedPlugin, instance: InstanceId) {
+    (plugin.root.destroy())(instance);
+}
+
+fn prepare_run_dir(run_dir: &Path, resume: bool) -> Result<(), SessionError> {
+    if !resume && run_dir.exists() {
+        // Keep the earlier run rather than mixing its metrics and checkpoints in.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut old = run_dir.as_os_str().to_owned();
+        old.push(format!(".old-{stamp}"));
+        std::fs::rename(run_dir, &old).map_err(SessionError::io(run_dir))?;
+    }
+    std::fs::create_dir_all(run_dir).map_err(SessionError::io(run_dir))
+}
+
+/// Runs `session` of `ws`, emitting events; the context is installed on this thread.
+pub fn run_session(
+    ws: &Workspace,
+    session: &Session,
+    registry: &PluginRegistry,
+    opts: &RunOptions,
+    emit: &mut dyn FnMut(SessionEvent),
+) -> Result<SessionOutcome, SessionError> {
+    let started = Instant::now();
+    let run_dir = resolve(&opts.workspace_path, &ws.output).join(&ws.name).join(&session.name);
+    let backbone_plugin = registry.require(&session.backbone.name, PluginKind::BACKBONE)?;
+    let tasks: Vec<&LoadedPlugin> = session
+        .stages
+        .iter()
+        .filter_map(|s| match s {
+            Stage::Pretrain(p) => Some(registry.require(&p.task.name, PluginKind::PRETEXT)),
+            Stage::Evaluate(_) => None,
+        })
+        .collect::<Result<_, _>>()?;
+    let data = data(ws, session)?;
+    let device = device(&session.device)?;
+
+    // Check the backbone config once in a throwaway context, so its errors point
+    // at the backbone's config in the workspace.
+    context::install(HostContext::new(Device::Cpu, 0));
+    let check_r = create(backbone_plugin, &session.backbone, "check", &opts.workspace_path, &opts.workspace_source);
+    context::take();
+    destroy(backbone_plugin, check_r?);
+
+    let resuming = opts.resume && checkpoint::latest(&run_dir.join("checkpoints")).is_some();
+    prepare_run_dir(&run_dir, opts.resume)?;
+    let config_path = run_dir.join("config.ron");
+    let config_text = ron::ser::to_string_pretty(session, ron::ser::PrettyConfig::default())
+        .unwrap_or_else(|e| format!("// cannot print the resolved config: {e}"));
+    std::fs::write(&config_path, config_text).map_err(SessionError::io(&config_path))?;
+
+    let mut ctx = HostContext::new(device, session.seed);
+    ctx.backbone = Some(BackboneSource {
+        name: backbone_plugin.name().to_string(),
+        root: backbone_plugin.root,
+        config: session.backbone.config.clone(),
+    });
+    context::install(ctx);
+    let _guard = ContextGuard;
+
+    let knn_cfg = session.stages.iter().find_map(|s| match s {
+        Stage::Evaluate(evs) => evs.iter().map(|Evaluator::Knn(k)| k.clone()).next(),
+        Stage::Pretrain(_) => None,
+    });
+    let mut report = ReportData {
+        workspace: ws.name.clone(),
+        session: session.name.clone(),
+        backbone: format!("{} {}", session.backbone.name, session.backbone.config.trim()),
+        ..Default::default()
+    };
+    let mut result_scope = "backbone".to_string();
+    let mut random_knn: Option<f64> = None;
+    let mut tasks = tasks.into_iter();
+    for stage in &session.stages {
+        match stage {
+            Stage::Pretrain(p) => {
+                let plugin = tasks.next().expect("one task plugin per pretrain stage should be resolved");
+                let instance = create(plugin, &p.task, "", &opts.workspace_path, &opts.workspace_source)?;
+                let scope_r = (plugin.root.pretext_result_scope())(instance);
+                result_scope = check(plugin, "result_scope", scope_r)?.into_string();
+                let mut metadata = BTreeMap::new();
+                metadata.insert("result_scope".to_string(), result_scope.clone());
+                if let (Some(k), false) = (&knn_cfg, resuming) {
+                    let bb = backbone_at(backbone_plugin, &session.backbone.config, &result_scope)?;
+                    let acc = knn(&bb, data.train.clone(), data.val.clone(), data.size, data.classes, k.k, k.temperature);
+                    destroy(backbone_plugin, bb.instance);
+                    let acc = acc?;
+                    emit(SessionEvent::Eval { name: format!("knn@{} (random init)", k.k), value: acc });
+                    metadata.insert("knn_random_init".to_string(), acc.to_string());
+                    random_knn = Some(acc);
+                }
+                report.task = Some(format!("{} {}", p.task.name, p.task.config.trim()));
+                let env = StageEnv {
+                    task: (plugin, instance),
+                    stage: p,
+                    train: data.train.clone(),
+                    seed: session.seed,
+                    checkpoint_every: session.checkpoint_every,
+                    keep_checkpoints: session.keep_checkpoints,
+                    run_dir: run_dir.clone(),
+                    resume: opts.resume,
+                    metadata,
+                };
+                let outcome = pretrain::run(env, emit);
+                destroy(plugin, instance);
+                let outcome = outcome?;
+                if random_knn.is_none() {
+                    random_knn = outcome.restored_metadata.get("knn_random_init").and_then(|v| v.parse().ok());
+                }
+                report.epoch_losses = outcome.epoch_losses;
+                report.steps = outcome.steps;
+                report.images_per_sec = outcome.images_per_sec;
+            }
+            Stage::Evaluate(evs) => {
+                for Evaluator::Knn(k) in evs {
+                    let bb = backbone_at(backbone_plugin, &session.backbone.config, &result_scope)?;
+                    let acc = knn(&bb, data.train.clone(), data.val.clone(), data.size, data.classes, k.k, k.temperature);
+                    destroy(backbone_plugin, bb.instance);
+                    let acc = acc?;
+                    emit(SessionEvent::Eval { name: format!("knn@{} (trained)", k.k), value: acc });
+                    report.knn = Some(KnnResult { k: k.k, temperature: k.temperature, random_init: random_knn, trained: acc });
+                }
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    let report_path = run_dir.join("report.md");
+    std::fs::write(&report_path, report::render(&report)).map_err(SessionError::io(&report_path))?;
+    Ok(SessionOutcome { run_dir, report })
+}
