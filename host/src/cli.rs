@@ -81,13 +81,18 @@ pub fn plugin_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn load_workspace(file: &Path) -> Result<(schema::Workspace, String)> {
-    let source = std::fs::read_to_string(file).with_context(|| format!("reading workspace '{}'", file.display()))?;
+    let source = std::fs::read_to_string(file)
+        .with_context(|| format!("reading workspace '{}'", file.display()))?;
     let ws = schema::parse(&source, file)?;
     Ok((ws, source))
 }
 
 fn registry_for(ws: &schema::Workspace, file: &Path, extra: &[PathBuf]) -> PluginRegistry {
-    let mut dirs: Vec<PathBuf> = ws.plugin_dirs.iter().map(|d| schema::resolve(file, d)).collect();
+    let mut dirs: Vec<PathBuf> = ws
+        .plugin_dirs
+        .iter()
+        .map(|d| schema::resolve(file, d))
+        .collect();
     dirs.extend(extra.iter().cloned());
     PluginRegistry::discover(&plugin_dirs(&dirs))
 }
@@ -96,11 +101,19 @@ fn registry_for(ws: &schema::Workspace, file: &Path, extra: &[PathBuf]) -> Plugi
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { file, plugin_dirs } => check(&file, &plugin_dirs),
-        Command::Run { file, session, sets, resume, plugin_dirs } => {
-            run_workspace(&file, session.as_deref(), &sets, resume, &plugin_dirs)
-        }
+        Command::Run {
+            file,
+            session,
+            sets,
+            resume,
+            plugin_dirs,
+        } => run_workspace(&file, session.as_deref(), &sets, resume, &plugin_dirs),
         Command::Plugins { dir } => {
-            let dirs = if dir.is_empty() { plugin_dirs(&[]) } else { dir };
+            let dirs = if dir.is_empty() {
+                plugin_dirs(&[])
+            } else {
+                dir
+            };
             print_plugins(&PluginRegistry::discover(&dirs));
             Ok(())
         }
@@ -114,12 +127,17 @@ fn check(file: &Path, extra: &[PathBuf]) -> Result<()> {
     let registry = registry_for(&ws, file, extra);
     let mut problems = Vec::new();
     for s in &ws.sessions {
-        if let Err(e) = registry.require(&s.backbone.name, patchwork_plugin_api::abi::PluginKind::BACKBONE) {
+        if let Err(e) = registry.require(
+            &s.backbone.name,
+            patchwork_plugin_api::abi::PluginKind::BACKBONE,
+        ) {
             problems.push(format!("session '{}': {e}", s.name));
         }
         for stage in &s.stages {
             if let schema::Stage::Pretrain(p) = stage {
-                if let Err(e) = registry.require(&p.task.name, patchwork_plugin_api::abi::PluginKind::PRETEXT) {
+                if let Err(e) =
+                    registry.require(&p.task.name, patchwork_plugin_api::abi::PluginKind::PRETEXT)
+                {
                     problems.push(format!("session '{}': {e}", s.name));
                 }
             }
@@ -128,7 +146,12 @@ fn check(file: &Path, extra: &[PathBuf]) -> Result<()> {
     if !problems.is_empty() {
         bail!("{}: {}", file.display(), problems.join("; "));
     }
-    println!("{}: ok ({} session(s), {} data source(s))", file.display(), ws.sessions.len(), ws.data.len());
+    println!(
+        "{}: ok ({} session(s), {} data source(s))",
+        file.display(),
+        ws.sessions.len(),
+        ws.data.len()
+    );
     for (name, src) in &ws.data {
         println!("  data '{name}': {src:?}");
     }
@@ -138,35 +161,73 @@ fn check(file: &Path, extra: &[PathBuf]) -> Result<()> {
 fn print_plugins(reg: &PluginRegistry) {
     println!("{:<12} {:<13} {:<8} PATH", "NAME", "KIND", "VERSION");
     for p in &reg.plugins {
-        println!("{:<12} {:<13} {:<8} {}", p.name(), p.kind().name(), p.manifest.version, p.path.display());
+        println!(
+            "{:<12} {:<13} {:<8} {}",
+            p.name(),
+            p.kind().name(),
+            p.manifest.version,
+            p.path.display()
+        );
     }
     for (path, err) in &reg.errors {
-        println!("{:<12} {:<13} {:<8} {}\n  error: {}", "-", "-", "-", path.display(), err.replace('\n', "\n  "));
+        println!(
+            "{:<12} {:<13} {:<8} {}\n  error: {}",
+            "-",
+            "-",
+            "-",
+            path.display(),
+            err.replace('\n', "\n  ")
+        );
     }
 }
 
-fn run_workspace(file: &Path, only: Option<&str>, sets: &[String], resume: bool, extra: &[PathBuf]) -> Result<()> {
+fn run_workspace(
+    file: &Path,
+    only: Option<&str>,
+    sets: &[String],
+    resume: bool,
+    extra: &[PathBuf],
+) -> Result<()> {
     let (ws, source) = load_workspace(file)?;
     let ws = overrides::apply(ws, sets)?;
     let registry = registry_for(&ws, file, extra);
     let sessions: Vec<&schema::Session> = match only {
         Some(name) => vec![ws.session(name).with_context(|| {
             let known: Vec<&str> = ws.sessions.iter().map(|s| s.name.as_str()).collect();
-            format!("no session '{name}' in '{}' (sessions: {})", file.display(), known.join(", "))
+            format!(
+                "no session '{name}' in '{}' (sessions: {})",
+                file.display(),
+                known.join(", ")
+            )
         })?],
         None => ws.sessions.iter().collect(),
     };
-    let opts = RunOptions { resume, workspace_path: file.to_path_buf(), workspace_source: source };
+    let opts = RunOptions {
+        resume,
+        workspace_path: file.to_path_buf(),
+        workspace_source: source,
+    };
     for session in sessions {
         let mut printer = Printer::new(&session.name);
         let outcome = run_session(&ws, session, &registry, &opts, &mut |e| printer.event(e))
             .with_context(|| format!("session '{}' failed", session.name));
         printer.finish();
         let outcome = outcome?;
-        println!("session '{}' done: {}", session.name, outcome.run_dir.join("report.md").display());
+        println!(
+            "session '{}' done: {}",
+            session.name,
+            outcome.run_dir.join("report.md").display()
+        );
         if let Some(k) = outcome.report.knn {
-            let random = k.random_init.map(|r| format!("{:.1} %", 100.0 * r)).unwrap_or_else(|| "-".into());
-            println!("  k-NN@{}: trained {:.1} %, random init {random}", k.k, 100.0 * k.trained);
+            let random = k
+                .random_init
+                .map(|r| format!("{:.1} %", 100.0 * r))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "  k-NN@{}: trained {:.1} %, random init {random}",
+                k.k,
+                100.0 * k.trained
+            );
         }
     }
     Ok(())
@@ -182,7 +243,12 @@ struct Printer {
 
 impl Printer {
     fn new(name: &str) -> Self {
-        Self { name: name.to_string(), bar: None, tty: std::io::stdout().is_terminal(), last_line: std::time::Instant::now() }
+        Self {
+            name: name.to_string(),
+            bar: None,
+            tty: std::io::stdout().is_terminal(),
+            last_line: std::time::Instant::now(),
+        }
     }
 
     fn line(&self, text: &str) {
@@ -194,30 +260,48 @@ impl Printer {
 
     fn event(&mut self, e: SessionEvent) {
         match e {
-            SessionEvent::StageStarted { stage, total_steps, start_step } => {
+            SessionEvent::StageStarted {
+                stage,
+                total_steps,
+                start_step,
+            } => {
                 self.line(&format!("{stage}: {total_steps} steps (from {start_step})"));
                 if self.tty && total_steps > 0 {
                     let bar = indicatif::ProgressBar::new(total_steps);
                     bar.set_style(
-                        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta}]")
-                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        indicatif::ProgressStyle::with_template(
+                            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta}]",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                     );
                     bar.set_position(start_step);
                     self.bar = Some(bar);
                 }
             }
-            SessionEvent::Step { step, epoch, loss, lr, images_per_sec } => {
+            SessionEvent::Step {
+                step,
+                epoch,
+                loss,
+                lr,
+                images_per_sec,
+            } => {
                 if let Some(bar) = &self.bar {
                     bar.set_position(step);
-                    bar.set_message(format!("epoch {epoch} loss {loss:.4} lr {lr:.2e} {images_per_sec:.1} img/s"));
+                    bar.set_message(format!(
+                        "epoch {epoch} loss {loss:.4} lr {lr:.2e} {images_per_sec:.1} img/s"
+                    ));
                 } else if self.last_line.elapsed().as_secs_f64() >= 5.0 {
                     self.last_line = std::time::Instant::now();
                     self.line(&format!("step {step} epoch {epoch} loss {loss:.4} lr {lr:.2e} {images_per_sec:.1} img/s"));
                 }
             }
-            SessionEvent::Epoch { epoch, mean_loss } => self.line(&format!("epoch {epoch} mean loss {mean_loss:.4}")),
+            SessionEvent::Epoch { epoch, mean_loss } => {
+                self.line(&format!("epoch {epoch} mean loss {mean_loss:.4}"))
+            }
             SessionEvent::Checkpoint { path } => tracing::debug!("checkpoint {}", path.display()),
-            SessionEvent::Eval { name, value } => self.line(&format!("{name}: {:.2} %", 100.0 * value)),
+            SessionEvent::Eval { name, value } => {
+                self.line(&format!("{name}: {:.2} %", 100.0 * value))
+            }
             SessionEvent::Log(l) => self.line(&l),
         }
     }

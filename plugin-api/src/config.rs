@@ -39,7 +39,11 @@ mod tests {
     fn unknown_field_has_position() {
         let err = parse_config::<Cfg>("(\n  depht: 3,\n)").unwrap_err();
         match err {
-            Error::Config { message, line, column } => {
+            Error::Config {
+                message,
+                line,
+                column,
+            } => {
                 assert!(message.contains("depht"), "{message}");
                 assert_eq!(line, 2);
                 assert!(column >= 3, "{column}");
@@ -50,9 +54,18 @@ mod tests {
 
     #[test]
     fn defaults_round_trip() {
-        let text = to_ron_text(&Cfg { depth: 4, name: "x".into() });
+        let text = to_ron_text(&Cfg {
+            depth: 4,
+            name: "x".into(),
+        });
         let back: Cfg = parse_config(&text).unwrap();
-        assert_eq!(back, Cfg { depth: 4, name: "x".into() });
+        assert_eq!(
+            back,
+            Cfg {
+                depth: 4,
+                name: "x".into()
+            }
+        );
         assert_eq!(parse_config::<Cfg>("()").unwrap(), Cfg::default());
     }
 }

@@ -1,6 +1,6 @@
 //! The Rust-side error of plugin code, and its conversion to and from [`AbiError`].
 
-use abi_stable::std_types::{RResult, ROption};
+use abi_stable::std_types::{ROption, RResult};
 
 use crate::abi::{AbiError, ErrorKind, Location};
 
@@ -61,11 +61,17 @@ impl From<AbiError> for Error {
         match e.kind {
             ErrorKind::PANICKED => Self::Panicked { message },
             ErrorKind::CONFIG => {
-                let (line, column) =
-                    e.location.map(|l| (l.line, l.column)).unwrap_or((0, 0));
-                Self::Config { message, line, column }
+                let (line, column) = e.location.map(|l| (l.line, l.column)).unwrap_or((0, 0));
+                Self::Config {
+                    message,
+                    line,
+                    column,
+                }
             }
-            ErrorKind::UNKNOWN_OP => Self::UnknownOp { op: message, needed: 0 },
+            ErrorKind::UNKNOWN_OP => Self::UnknownOp {
+                op: message,
+                needed: 0,
+            },
             ErrorKind::WRONG_KIND => Self::WrongKind(message),
             ErrorKind::INVALID_HANDLE => Self::InvalidHandle(message),
             ErrorKind::HOST => Self::Host(message),
@@ -78,7 +84,11 @@ impl From<Error> for AbiError {
     fn from(e: Error) -> Self {
         match e {
             Error::Panicked { message } => AbiError::new(ErrorKind::PANICKED, message),
-            Error::Config { message, line, column } => AbiError {
+            Error::Config {
+                message,
+                line,
+                column,
+            } => AbiError {
                 kind: ErrorKind::CONFIG,
                 message: message.into(),
                 location: ROption::RSome(Location { line, column }),

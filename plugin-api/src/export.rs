@@ -44,8 +44,14 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn insert<T: Send + 'static>(host: Host, object: T) -> Result<InstanceId> {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let slot = Arc::new(Mutex::new(Instance { host, object: Box::new(object) }));
-    INSTANCES.lock().map_err(|_| Error::msg("instance table poisoned"))?.insert(id, slot);
+    let slot = Arc::new(Mutex::new(Instance {
+        host,
+        object: Box::new(object),
+    }));
+    INSTANCES
+        .lock()
+        .map_err(|_| Error::msg("instance table poisoned"))?
+        .insert(id, slot);
     Ok(InstanceId(id))
 }
 
@@ -56,9 +62,12 @@ fn with<T: 'static, R>(id: InstanceId, f: impl FnOnce(Host, &mut T) -> Result<R>
         .get(&id.0)
         .cloned()
         .ok_or_else(|| Error::InvalidHandle(format!("no plugin instance #{}", id.0)))?;
-    let mut guard = slot
-        .lock()
-        .map_err(|_| Error::msg(format!("instance #{} was poisoned by an earlier panic", id.0)))?;
+    let mut guard = slot.lock().map_err(|_| {
+        Error::msg(format!(
+            "instance #{} was poisoned by an earlier panic",
+            id.0
+        ))
+    })?;
     let host = guard.host;
     let object = guard
         .object
@@ -113,19 +122,30 @@ extern "C" fn destroy(id: InstanceId) {
 }
 
 fn wrong(kind: &str) -> AbiError {
-    AbiError::new(ErrorKind::WRONG_KIND, format!("this plugin is not a {kind}"))
+    AbiError::new(
+        ErrorKind::WRONG_KIND,
+        format!("this plugin is not a {kind}"),
+    )
 }
 
 extern "C" fn no_geometry(_: InstanceId) -> RResult<Geometry, AbiError> {
     RErr(wrong("backbone"))
 }
-extern "C" fn no_forward(_: InstanceId, _: TensorId, _: ForwardOpts) -> RResult<BackboneOut, AbiError> {
+extern "C" fn no_forward(
+    _: InstanceId,
+    _: TensorId,
+    _: ForwardOpts,
+) -> RResult<BackboneOut, AbiError> {
     RErr(wrong("backbone"))
 }
 extern "C" fn no_views(_: InstanceId) -> RResult<RVec<ViewSpec>, AbiError> {
     RErr(wrong("pretext task"))
 }
-extern "C" fn no_pretext_step(_: InstanceId, _: &BatchAbi, _: StepInfo) -> RResult<StepOut, AbiError> {
+extern "C" fn no_pretext_step(
+    _: InstanceId,
+    _: &BatchAbi,
+    _: StepInfo,
+) -> RResult<StepOut, AbiError> {
     RErr(wrong("pretext task"))
 }
 extern "C" fn no_frozen(_: InstanceId, _: StepInfo) -> RResult<RVec<RString>, AbiError> {
@@ -137,7 +157,11 @@ extern "C" fn no_after_step(_: InstanceId, _: StepInfo) -> RResult<(), AbiError>
 extern "C" fn no_result_scope(_: InstanceId) -> RResult<RString, AbiError> {
     RErr(wrong("pretext task"))
 }
-extern "C" fn no_adapt_step(_: InstanceId, _: &BatchAbi, _: StepInfo) -> RResult<StepOut, AbiError> {
+extern "C" fn no_adapt_step(
+    _: InstanceId,
+    _: &BatchAbi,
+    _: StepInfo,
+) -> RResult<StepOut, AbiError> {
     RErr(wrong("adaptation"))
 }
 extern "C" fn no_adapt_evaluate(_: InstanceId, _: &BatchAbi) -> RResult<RVec<Metric>, AbiError> {
@@ -145,7 +169,11 @@ extern "C" fn no_adapt_evaluate(_: InstanceId, _: &BatchAbi) -> RResult<RVec<Met
 }
 
 fn batch_from_abi(host: Host, batch: &BatchAbi) -> Result<Batch> {
-    let views = batch.views.iter().map(|id| host.borrow(*id)).collect::<Result<Vec<_>>>()?;
+    let views = batch
+        .views
+        .iter()
+        .map(|id| host.borrow(*id))
+        .collect::<Result<Vec<_>>>()?;
     let labels = match batch.labels.into_option() {
         Some(id) => Some(host.borrow(id)?),
         None => None,
@@ -159,7 +187,10 @@ fn step_to_abi(out: StepOutput) -> StepOut {
         metrics: out
             .metrics
             .into_iter()
-            .map(|(name, value)| Metric { name: name.into(), value })
+            .map(|(name, value)| Metric {
+                name: name.into(),
+                value,
+            })
             .collect(),
     }
 }
@@ -195,8 +226,12 @@ extern "C" fn backbone_forward<T: Backbone>(
                 Some(k) => Some(host.borrow(k)?),
                 None => None,
             };
-            let options =
-                ForwardOptions { train: opts.train, layers: opts.layers, attention: opts.attention, keep };
+            let options = ForwardOptions {
+                train: opts.train,
+                layers: opts.layers,
+                attention: opts.attention,
+                keep,
+            };
             let out = b.forward(&images, &options)?;
             Ok(BackboneOut {
                 cls: out.cls.into_raw(),
@@ -263,10 +298,17 @@ extern "C" fn pretext_frozen<T: PretextTask>(
     id: InstanceId,
     info: StepInfo,
 ) -> RResult<RVec<RString>, AbiError> {
-    guard(|| with::<T, _>(id, |_, t| Ok(t.frozen(&info).into_iter().map(RString::from).collect())))
+    guard(|| {
+        with::<T, _>(id, |_, t| {
+            Ok(t.frozen(&info).into_iter().map(RString::from).collect())
+        })
+    })
 }
 
-extern "C" fn pretext_after_step<T: PretextTask>(id: InstanceId, info: StepInfo) -> RResult<(), AbiError> {
+extern "C" fn pretext_after_step<T: PretextTask>(
+    id: InstanceId,
+    info: StepInfo,
+) -> RResult<(), AbiError> {
     guard(|| with::<T, _>(id, |_, t| t.after_step(&info)))
 }
 
@@ -321,13 +363,19 @@ extern "C" fn adapt_step<T: Adaptation>(
     })
 }
 
-extern "C" fn adapt_evaluate<T: Adaptation>(id: InstanceId, batch: &BatchAbi) -> RResult<RVec<Metric>, AbiError> {
+extern "C" fn adapt_evaluate<T: Adaptation>(
+    id: InstanceId,
+    batch: &BatchAbi,
+) -> RResult<RVec<Metric>, AbiError> {
     guard(|| {
         with::<T, _>(id, |host, a| {
             let batch = batch_from_abi(host, batch)?;
             Ok(a.evaluate(&batch)?
                 .into_iter()
-                .map(|(name, value)| Metric { name: name.into(), value })
+                .map(|(name, value)| Metric {
+                    name: name.into(),
+                    value,
+                })
                 .collect())
         })
     })

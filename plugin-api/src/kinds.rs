@@ -56,7 +56,10 @@ pub struct StepOutput {
 impl StepOutput {
     /// A loss with no extra metrics.
     pub fn loss(loss: Tensor) -> Self {
-        Self { loss, metrics: Vec::new() }
+        Self {
+            loss,
+            metrics: Vec::new(),
+        }
     }
 }
 
@@ -88,11 +91,19 @@ impl BackboneHandle {
             attention: opts.attention,
             keep: opts.keep.as_ref().map(Tensor::id).into(),
         };
-        let out = lift((self.host.ops().backbone_forward())(self.id, images.id(), raw))?;
+        let out = lift((self.host.ops().backbone_forward())(
+            self.id,
+            images.id(),
+            raw,
+        ))?;
         Ok(BackboneOutput {
             cls: self.host.wrap(out.cls),
             patches: self.host.wrap(out.patches),
-            layers: out.layers.into_iter().map(|id| self.host.wrap(id)).collect(),
+            layers: out
+                .layers
+                .into_iter()
+                .map(|id| self.host.wrap(id))
+                .collect(),
             attention: out.attention.into_option().map(|id| self.host.wrap(id)),
         })
     }

@@ -8,23 +8,43 @@ use crate::{
 
 impl Init {
     /// All zeros.
-    pub const ZEROS: Init = Init { kind: InitKind::ZEROS, a: 0.0, b: 0.0 };
+    pub const ZEROS: Init = Init {
+        kind: InitKind::ZEROS,
+        a: 0.0,
+        b: 0.0,
+    };
     /// All ones.
-    pub const ONES: Init = Init { kind: InitKind::ONES, a: 0.0, b: 0.0 };
+    pub const ONES: Init = Init {
+        kind: InitKind::ONES,
+        a: 0.0,
+        b: 0.0,
+    };
 
     /// Truncated normal with `std`, cut at ±2 (timm's `trunc_normal_`).
     pub fn trunc_normal(std: f64) -> Init {
-        Init { kind: InitKind::TRUNC_NORMAL, a: std, b: 0.0 }
+        Init {
+            kind: InitKind::TRUNC_NORMAL,
+            a: std,
+            b: 0.0,
+        }
     }
 
     /// Normal with `mean`, `std`.
     pub fn normal(mean: f64, std: f64) -> Init {
-        Init { kind: InitKind::NORMAL, a: mean, b: std }
+        Init {
+            kind: InitKind::NORMAL,
+            a: mean,
+            b: std,
+        }
     }
 
     /// Uniform in `[lo, hi)`.
     pub fn uniform(lo: f64, hi: f64) -> Init {
-        Init { kind: InitKind::UNIFORM, a: lo, b: hi }
+        Init {
+            kind: InitKind::UNIFORM,
+            a: lo,
+            b: hi,
+        }
     }
 
     /// PyTorch's default Linear/Conv init: uniform ±1/√fan_in.
@@ -35,7 +55,11 @@ impl Init {
 
     /// A constant.
     pub fn constant(v: f64) -> Init {
-        Init { kind: InitKind::CONST, a: v, b: 0.0 }
+        Init {
+            kind: InitKind::CONST,
+            a: v,
+            b: 0.0,
+        }
     }
 }
 
@@ -50,22 +74,37 @@ pub struct ParamScope {
 impl ParamScope {
     /// The scope `prefix` (empty for the root) in `host`.
     pub fn new(host: Host, prefix: &str) -> Self {
-        Self { host, prefix: prefix.to_string(), trainable: true }
+        Self {
+            host,
+            prefix: prefix.to_string(),
+            trainable: true,
+        }
     }
 
     /// A child scope: `scope.pp("blocks").pp(3)` names `blocks.3.*`.
     pub fn pp(&self, name: impl ToString) -> Self {
-        Self { host: self.host, prefix: self.path(&name.to_string()), trainable: self.trainable }
+        Self {
+            host: self.host,
+            prefix: self.path(&name.to_string()),
+            trainable: self.trainable,
+        }
     }
 
     /// The same scope with its parameters frozen (no gradient, no optimizer).
     pub fn frozen(&self) -> Self {
-        Self { trainable: false, ..self.clone() }
+        Self {
+            trainable: false,
+            ..self.clone()
+        }
     }
 
     /// The full dotted name of `name` in this scope.
     pub fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// The prefix itself.
@@ -81,6 +120,7 @@ impl ParamScope {
     /// The parameter `name` of `shape`, created with `init` the first time
     /// (candle's `vb.get_with_hints`).
     pub fn get(&self, shape: &[usize], name: &str, init: Init) -> Result<Tensor> {
-        self.host.param(&self.path(name), shape, init, self.trainable)
+        self.host
+            .param(&self.path(name), shape, init, self.trainable)
     }
 }

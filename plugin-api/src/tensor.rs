@@ -23,7 +23,9 @@ impl Dim for usize {
         if self < rank {
             Ok(self)
         } else {
-            Err(Error::Host(format!("dim {self} out of range for rank {rank}")))
+            Err(Error::Host(format!(
+                "dim {self} out of range for rank {rank}"
+            )))
         }
     }
 }
@@ -81,8 +83,22 @@ impl Host {
         lift((self.ops.tensor_clone())(id)).map(|id| self.wrap(id))
     }
 
-    fn create(&self, op: CreateOp, shape: &[usize], dtype: DType, a: f64, b: f64) -> Result<Tensor> {
-        lift((self.ops.create())(op, RSlice::from_slice(shape), dtype, a, b)).map(|id| self.wrap(id))
+    fn create(
+        &self,
+        op: CreateOp,
+        shape: &[usize],
+        dtype: DType,
+        a: f64,
+        b: f64,
+    ) -> Result<Tensor> {
+        lift((self.ops.create())(
+            op,
+            RSlice::from_slice(shape),
+            dtype,
+            a,
+            b,
+        ))
+        .map(|id| self.wrap(id))
     }
 
     /// `(shape)` zeros, f32.
@@ -117,20 +133,37 @@ impl Host {
 
     /// A f32 tensor from data and a shape.
     pub fn from_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        lift((self.ops.from_f32())(RSlice::from_slice(data), RSlice::from_slice(shape)))
-            .map(|id| self.wrap(id))
+        lift((self.ops.from_f32())(
+            RSlice::from_slice(data),
+            RSlice::from_slice(shape),
+        ))
+        .map(|id| self.wrap(id))
     }
 
     /// A u32 tensor from data and a shape (indices).
     pub fn from_u32(&self, data: &[u32], shape: &[usize]) -> Result<Tensor> {
-        lift((self.ops.from_u32())(RSlice::from_slice(data), RSlice::from_slice(shape)))
-            .map(|id| self.wrap(id))
+        lift((self.ops.from_u32())(
+            RSlice::from_slice(data),
+            RSlice::from_slice(shape),
+        ))
+        .map(|id| self.wrap(id))
     }
 
     /// The named parameter, created with `init` the first time.
-    pub fn param(&self, name: &str, shape: &[usize], init: Init, trainable: bool) -> Result<Tensor> {
-        lift((self.ops.param())(RStr::from(name), RSlice::from_slice(shape), init, trainable))
-            .map(|id| self.wrap(id))
+    pub fn param(
+        &self,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+        trainable: bool,
+    ) -> Result<Tensor> {
+        lift((self.ops.param())(
+            RStr::from(name),
+            RSlice::from_slice(shape),
+            init,
+            trainable,
+        ))
+        .map(|id| self.wrap(id))
     }
 
     /// A named state tensor saved in checkpoints, if set.
@@ -154,7 +187,11 @@ impl Host {
 
     /// `dst ← m·dst + (1−m)·src` for every parameter under both prefixes.
     pub fn ema_params(&self, src: &str, dst: &str, momentum: f64) -> Result<u64> {
-        lift((self.ops.ema_params())(RStr::from(src), RStr::from(dst), momentum))
+        lift((self.ops.ema_params())(
+            RStr::from(src),
+            RStr::from(dst),
+            momentum,
+        ))
     }
 
     /// Writes an info line to the session log.
@@ -173,7 +210,12 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor(#{}, {:?})", self.id.0, self.dims().unwrap_or_default())
+        write!(
+            f,
+            "Tensor(#{}, {:?})",
+            self.id.0,
+            self.dims().unwrap_or_default()
+        )
     }
 }
 
@@ -211,7 +253,10 @@ impl Tensor {
         id
     }
 
-    fn wrap(&self, r: abi_stable::std_types::RResult<TensorId, crate::abi::AbiError>) -> Result<Tensor> {
+    fn wrap(
+        &self,
+        r: abi_stable::std_types::RResult<TensorId, crate::abi::AbiError>,
+    ) -> Result<Tensor> {
         lift(r).map(|id| self.host.wrap(id))
     }
 
@@ -253,7 +298,10 @@ impl Tensor {
         let v = self.to_vec_f32()?;
         match v.as_slice() {
             [x] => Ok(*x),
-            _ => Err(Error::Host(format!("expected one element, got {}", v.len()))),
+            _ => Err(Error::Host(format!(
+                "expected one element, got {}",
+                v.len()
+            ))),
         }
     }
 
@@ -425,7 +473,12 @@ impl Tensor {
     // ---- reductions -----------------------------------------------------------
 
     fn reduce(&self, op: ReduceOp, dims: &[usize], keepdim: bool) -> Result<Tensor> {
-        self.wrap((self.host.ops.reduce())(op, self.id, RSlice::from_slice(dims), keepdim))
+        self.wrap((self.host.ops.reduce())(
+            op,
+            self.id,
+            RSlice::from_slice(dims),
+            keepdim,
+        ))
     }
 
     fn one_dim(&self, d: impl Dim) -> Result<usize> {
@@ -478,7 +531,11 @@ impl Tensor {
     // ---- layout ---------------------------------------------------------------
 
     fn layout(&self, op: LayoutOp, args: &[usize]) -> Result<Tensor> {
-        self.wrap((self.host.ops.layout())(op, self.id, RSlice::from_slice(args)))
+        self.wrap((self.host.ops.layout())(
+            op,
+            self.id,
+            RSlice::from_slice(args),
+        ))
     }
 
     /// The same elements in a new shape.
@@ -528,7 +585,10 @@ impl Tensor {
     pub fn flatten_from(&self, from: usize) -> Result<Tensor> {
         let dims = self.dims()?;
         if from >= dims.len() {
-            return Err(Error::Host(format!("flatten_from({from}) on rank {}", dims.len())));
+            return Err(Error::Host(format!(
+                "flatten_from({from}) on rank {}",
+                dims.len()
+            )));
         }
         let mut shape = dims[..from].to_vec();
         shape.push(dims[from..].iter().product());
@@ -542,7 +602,9 @@ impl Tensor {
     // ---- lists and indices ----------------------------------------------------
 
     fn concat(op: ConcatOp, tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
-        let first = tensors.first().ok_or_else(|| Error::Host("cat/stack of no tensors".into()))?;
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::Host("cat/stack of no tensors".into()))?;
         let ids: Vec<TensorId> = tensors.iter().map(|t| t.id).collect();
         first.wrap((first.host.ops.concat())(op, RSlice::from_slice(&ids), dim))
     }
@@ -557,18 +619,30 @@ impl Tensor {
     }
     /// Entries at 1-D U32 `indices` along `dim`.
     pub fn index_select(&self, indices: &Tensor, dim: usize) -> Result<Tensor> {
-        self.wrap((self.host.ops.index())(IndexOp::INDEX_SELECT, self.id, indices.id, dim))
+        self.wrap((self.host.ops.index())(
+            IndexOp::INDEX_SELECT,
+            self.id,
+            indices.id,
+            dim,
+        ))
     }
     /// Gathers at U32 `indices` (same rank) along `dim`.
     pub fn gather(&self, indices: &Tensor, dim: usize) -> Result<Tensor> {
-        self.wrap((self.host.ops.index())(IndexOp::GATHER, self.id, indices.id, dim))
+        self.wrap((self.host.ops.index())(
+            IndexOp::GATHER,
+            self.id,
+            indices.id,
+            dim,
+        ))
     }
 
     // ---- fused nn ops ---------------------------------------------------------
 
     /// Layer norm over the last dim (fused, with backward).
     pub fn layer_norm(&self, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-        self.wrap((self.host.ops.layer_norm())(self.id, weight.id, bias.id, eps))
+        self.wrap((self.host.ops.layer_norm())(
+            self.id, weight.id, bias.id, eps,
+        ))
     }
 
     /// `(B, C, H, W) ⊛ (O, C, k, k) → (B, O, H', W')`.
@@ -583,11 +657,19 @@ impl Tensor {
             Some(b) => ROption::RSome(b.id),
             None => ROption::RNone,
         };
-        self.wrap((self.host.ops.conv2d())(self.id, weight.id, bias, stride, padding))
+        self.wrap((self.host.ops.conv2d())(
+            self.id, weight.id, bias, stride, padding,
+        ))
     }
 
     /// softmax(q·kᵀ·scale)·v for `(B, H, N, hd)` inputs; also the probabilities when asked.
-    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let out = lift((q.host.ops.attention())(q.id, k.id, v.id, scale, probs))?;
         let p = match out.probs {
             ROption::RSome(id) => Some(q.host.wrap(id)),

@@ -60,7 +60,12 @@ fn weights(path: &Path, scope: Option<&str>) -> Result<BTreeMap<String, Tensor>>
     let is_ckpt = ckpt.tensors.iter().any(|(n, _)| n.starts_with("param/"));
     let scope = match (is_ckpt, scope) {
         (true, Some(s)) => Some(s.to_string()),
-        (true, None) => Some(ckpt.metadata.get("result_scope").cloned().unwrap_or_else(|| "teacher.backbone".into())),
+        (true, None) => Some(
+            ckpt.metadata
+                .get("result_scope")
+                .cloned()
+                .unwrap_or_else(|| "teacher.backbone".into()),
+        ),
         (false, _) => None,
     };
     let mut out = BTreeMap::new();
@@ -77,7 +82,11 @@ fn weights(path: &Path, scope: Option<&str>) -> Result<BTreeMap<String, Tensor>>
         }
     }
     if out.is_empty() {
-        bail!("'{}' holds no backbone weights{}", path.display(), scope.map(|s| format!(" under '{s}'")).unwrap_or_default());
+        bail!(
+            "'{}' holds no backbone weights{}",
+            path.display(),
+            scope.map(|s| format!(" under '{s}'")).unwrap_or_default()
+        );
     }
     Ok(out)
 }
@@ -88,14 +97,36 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
         (Some(ws_path), _) => {
             let ws = schema::load(ws_path)?;
             let name = args.session.as_deref().unwrap_or_default();
-            let session = ws.session(name).with_context(|| format!("no session '{name}' in '{}'", ws_path.display()))?;
-            let run_dir = schema::resolve(ws_path, &ws.output).join(&ws.name).join(&session.name);
-            let ckpt = checkpoint::latest(&run_dir.join("checkpoints"))
-                .with_context(|| format!("session '{name}' has no checkpoint in '{}': run it first", run_dir.display()))?;
-            let dirs: Vec<PathBuf> = ws.plugin_dirs.iter().map(|d| schema::resolve(ws_path, d)).collect();
-            (session.backbone.name.clone(), session.backbone.config.clone(), ckpt, dirs)
+            let session = ws
+                .session(name)
+                .with_context(|| format!("no session '{name}' in '{}'", ws_path.display()))?;
+            let run_dir = schema::resolve(ws_path, &ws.output)
+                .join(&ws.name)
+                .join(&session.name);
+            let ckpt = checkpoint::latest(&run_dir.join("checkpoints")).with_context(|| {
+                format!(
+                    "session '{name}' has no checkpoint in '{}': run it first",
+                    run_dir.display()
+                )
+            })?;
+            let dirs: Vec<PathBuf> = ws
+                .plugin_dirs
+                .iter()
+                .map(|d| schema::resolve(ws_path, d))
+                .collect();
+            (
+                session.backbone.name.clone(),
+                session.backbone.config.clone(),
+                ckpt,
+                dirs,
+            )
         }
-        (None, Some(w)) => (args.backbone.clone().unwrap_or_default(), args.config.clone(), w.clone(), Vec::new()),
+        (None, Some(w)) => (
+            args.backbone.clone().unwrap_or_default(),
+            args.config.clone(),
+            w.clone(),
+            Vec::new(),
+        ),
         (None, None) => bail!("give either --workspace and --session, or --weights and --backbone"),
     };
     let mut dirs = extra_dirs;
@@ -114,8 +145,12 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
         })
         .context("no context")??;
         let r = (plugin.root.create())(config.as_str().into(), host_ops::table(), "embed".into());
-        let instance = r.into_result().map_err(|e| anyhow::anyhow!("backbone '{backbone_name}': {}", e.message))?;
-        let geometry = (plugin.root.backbone_geometry())(instance).into_result().map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let instance = r
+            .into_result()
+            .map_err(|e| anyhow::anyhow!("backbone '{backbone_name}': {}", e.message))?;
+        let geometry = (plugin.root.backbone_geometry())(instance)
+            .into_result()
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         let files = image_folder::list_images(&args.images)?;
         if files.is_empty() {
             bail!("no png/jpg images in '{}'", args.images.display());
@@ -126,13 +161,31 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
             let mut data = Vec::new();
             for f in chunk {
                 let img = image_folder::load_image(f)?;
-                data.extend(normalize_rgb(&image_folder::eval_transform(&img, size), IMAGENET_MEAN, IMAGENET_STD).data);
+                data.extend(
+                    normalize_rgb(
+                        &image_folder::eval_transform(&img, size),
+                        IMAGENET_MEAN,
+                        IMAGENET_STD,
+                    )
+                    .data,
+                );
             }
-            let batch = registry::insert(Tensor::from_vec(data, (chunk.len(), 3, size, size), &Device::Cpu)?);
-            let opts = ForwardOpts { train: false, layers: false, attention: false, keep: ROption::RNone };
+            let batch = registry::insert(Tensor::from_vec(
+                data,
+                (chunk.len(), 3, size, size),
+                &Device::Cpu,
+            )?);
+            let opts = ForwardOpts {
+                train: false,
+                layers: false,
+                attention: false,
+                keep: ROption::RNone,
+            };
             let out = (plugin.root.backbone_forward())(instance, batch, opts).into_result();
             registry::remove(batch);
-            let out = out.map_err(|e| anyhow::anyhow!("backbone '{backbone_name}' forward: {}", e.message))?;
+            let out = out.map_err(|e| {
+                anyhow::anyhow!("backbone '{backbone_name}' forward: {}", e.message)
+            })?;
             registry::remove(out.patches);
             let cls = registry::remove(out.cls).context("backbone returned an invalid handle")?;
             feats.push(cls.detach());
@@ -148,7 +201,18 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
     metadata.insert("files".to_string(), serde_json::to_string(&names)?);
     metadata.insert("backbone".to_string(), backbone_name);
     let n = names.len();
-    checkpoint::save(&args.out, &Checkpoint { tensors: vec![("features".into(), features)], metadata })?;
-    println!("wrote {} features of {} images to {}", n, n, args.out.display());
+    checkpoint::save(
+        &args.out,
+        &Checkpoint {
+            tensors: vec![("features".into(), features)],
+            metadata,
+        },
+    )?;
+    println!(
+        "wrote {} features of {} images to {}",
+        n,
+        n,
+        args.out.display()
+    );
     Ok(())
 }

@@ -74,7 +74,11 @@ fn plugin_configs(m: &NativeConfig) -> (String, String) {
 fn views(m: &NativeConfig, batch: usize) -> Result<Vec<Tensor>> {
     let mut out = Vec::new();
     for i in 0..m.global_crops + m.local_crops {
-        let s = if i < m.global_crops { m.img_size } else { m.local_size };
+        let s = if i < m.global_crops {
+            m.img_size
+        } else {
+            m.local_size
+        };
         out.push(Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu)?);
     }
     Ok(out)
@@ -93,23 +97,47 @@ impl<'a> PluginPath<'a> {
     fn new(vit: &'a LoadedPlugin, dino: &'a LoadedPlugin, m: &NativeConfig) -> Result<Self> {
         let (vit_cfg, dino_cfg) = plugin_configs(m);
         let mut ctx = HostContext::new(Device::Cpu, 0);
-        ctx.backbone = Some(BackboneSource { name: "vit".into(), root: vit.root, config: vit_cfg });
+        ctx.backbone = Some(BackboneSource {
+            name: "vit".into(),
+            root: vit.root,
+            config: vit_cfg,
+        });
         context::install(ctx);
         let r = (dino.root.create())(dino_cfg.as_str().into(), host_ops::table(), "".into());
-        let instance = r.into_result().map_err(|e| anyhow!("dino: {}", e.message))?;
+        let instance = r
+            .into_result()
+            .map_err(|e| anyhow!("dino: {}", e.message))?;
         let params: Vec<(String, Var, bool)> = context::with(|c| {
-            c.store.trainable().map(|(n, v)| (n.clone(), v.clone(), optim::decays(n, v.dims()))).collect()
+            c.store
+                .trainable()
+                .map(|(n, v)| (n.clone(), v.clone(), optim::decays(n, v.dims())))
+                .collect()
         })
         .context("no context")?;
         let vars = params.iter().map(|(_, v, _)| v.clone()).collect();
         let opt = optim::AdamW::new(params, optim::AdamWConfig::default())?;
-        Ok(Self { dino, instance, vars, opt, step: 0 })
+        Ok(Self {
+            dino,
+            instance,
+            vars,
+            opt,
+            step: 0,
+        })
     }
 
     fn train_step(&mut self, views: &[Tensor]) -> Result<f32> {
         let ids: Vec<_> = views.iter().map(|v| registry::insert(v.clone())).collect();
-        let abi = BatchAbi { views: RVec::from(ids.clone()), labels: ROption::RNone };
-        let info = StepInfo { step: self.step, epoch: 1, steps_per_epoch: 100, total_steps: 1000, epochs: 10 };
+        let abi = BatchAbi {
+            views: RVec::from(ids.clone()),
+            labels: ROption::RNone,
+        };
+        let info = StepInfo {
+            step: self.step,
+            epoch: 1,
+            steps_per_epoch: 100,
+            total_steps: 1000,
+            epochs: 10,
+        };
         let out = (self.dino.root.pretext_step())(self.instance, &abi, info).into_result();
         for id in ids {
             registry::remove(id);
@@ -119,7 +147,9 @@ impl<'a> PluginPath<'a> {
         let mut grads = loss.backward()?;
         clip_per_param(&mut grads, &self.vars, 3.0)?;
         self.opt.step(&grads, 5e-4, 0.04)?;
-        (self.dino.root.pretext_after_step())(self.instance, info).into_result().map_err(|e| anyhow!("{}", e.message))?;
+        (self.dino.root.pretext_after_step())(self.instance, info)
+            .into_result()
+            .map_err(|e| anyhow!("{}", e.message))?;
         self.step += 1;
         Ok(loss.to_scalar::<f32>()?)
     }
@@ -160,15 +190,34 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
         let n = t.elapsed().as_secs_f64();
         let imgs = (args.steps * args.batch) as f64;
-        println!("round {round}: plugin {:.1} img/s, native {:.1} img/s", imgs / p, imgs / n);
+        println!(
+            "round {round}: plugin {:.1} img/s, native {:.1} img/s",
+            imgs / p,
+            imgs / n
+        );
         t_plugin += p;
         t_native += n;
     }
     let imgs = (args.rounds * args.steps * args.batch) as f64;
     let (ip, inat) = (imgs / t_plugin, imgs / t_native);
-    println!("train step, quickstart model (ViT {}x{} d{} h{}, DINO out {}, 2x{}px + {}x{}px crops), batch {}:", m.embed_dim, m.depth, m.embed_dim, m.num_heads, m.out_dim, m.img_size, m.local_crops, m.local_size, args.batch);
+    println!(
+        "train step, quickstart model (ViT {}x{} d{} h{}, DINO out {}, 2x{}px + {}x{}px crops), batch {}:",
+        m.embed_dim,
+        m.depth,
+        m.embed_dim,
+        m.num_heads,
+        m.out_dim,
+        m.img_size,
+        m.local_crops,
+        m.local_size,
+        args.batch
+    );
     println!("  plugin path: {ip:.1} images/s");
     println!("  native path: {inat:.1} images/s");
-    println!("  plugin/native: {:.3} (boundary overhead {:+.1} %)", ip / inat, 100.0 * (inat / ip - 1.0));
+    println!(
+        "  plugin/native: {:.3} (boundary overhead {:+.1} %)",
+        ip / inat,
+        100.0 * (inat / ip - 1.0)
+    );
     Ok(())
 }

@@ -36,7 +36,10 @@ fn run<T>(f: impl FnOnce() -> R<T>) -> RResult<T, AbiError> {
 
 fn t(id: TensorId) -> R<Tensor> {
     registry::get(id).ok_or_else(|| {
-        AbiError::new(ErrorKind::INVALID_HANDLE, format!("no tensor with handle #{}", id.0))
+        AbiError::new(
+            ErrorKind::INVALID_HANDLE,
+            format!("no tensor with handle #{}", id.0),
+        )
     })
 }
 
@@ -108,7 +111,11 @@ extern "C" fn unary(op: UnaryOp, id: TensorId) -> RResult<TensorId, AbiError> {
             UnaryOp::TANH => x.tanh(),
             UnaryOp::RELU => x.relu(),
             UnaryOp::GELU => ops::gelu_erf(&x),
-            UnaryOp::SIGMOID => x.neg().and_then(|n| n.exp()).and_then(|e| e.affine(1.0, 1.0)).and_then(|d| d.recip()),
+            UnaryOp::SIGMOID => x
+                .neg()
+                .and_then(|n| n.exp())
+                .and_then(|e| e.affine(1.0, 1.0))
+                .and_then(|d| d.recip()),
             UnaryOp::COS => x.cos(),
             UnaryOp::SIN => x.sin(),
             UnaryOp::SOFTMAX_LAST_DIM => ops::softmax_last_dim(&x),
@@ -161,14 +168,22 @@ extern "C" fn scalar(op: ScalarOp, id: TensorId, a: f64, b: f64) -> RResult<Tens
     })
 }
 
-extern "C" fn reduce(op: ReduceOp, id: TensorId, dims: RSlice<'_, usize>, keepdim: bool) -> RResult<TensorId, AbiError> {
+extern "C" fn reduce(
+    op: ReduceOp,
+    id: TensorId,
+    dims: RSlice<'_, usize>,
+    keepdim: bool,
+) -> RResult<TensorId, AbiError> {
     run(|| {
         let x = t(id)?;
         let dims = dims.to_vec();
         let one = || -> R<usize> {
             match dims.as_slice() {
                 [d] => Ok(*d),
-                _ => Err(host_err(format!("{} takes exactly one dim, got {dims:?}", op.name()))),
+                _ => Err(host_err(format!(
+                    "{} takes exactly one dim, got {dims:?}",
+                    op.name()
+                ))),
             }
         };
         let r = match (op, keepdim) {
@@ -188,7 +203,11 @@ extern "C" fn reduce(op: ReduceOp, id: TensorId, dims: RSlice<'_, usize>, keepdi
     })
 }
 
-extern "C" fn layout(op: LayoutOp, id: TensorId, args: RSlice<'_, usize>) -> RResult<TensorId, AbiError> {
+extern "C" fn layout(
+    op: LayoutOp,
+    id: TensorId,
+    args: RSlice<'_, usize>,
+) -> RResult<TensorId, AbiError> {
     run(|| {
         let x = t(id)?;
         let a = args.as_slice();
@@ -196,7 +215,10 @@ extern "C" fn layout(op: LayoutOp, id: TensorId, args: RSlice<'_, usize>) -> RRe
             if a.len() == n {
                 Ok(())
             } else {
-                Err(host_err(format!("{} takes {n} arguments, got {a:?}", op.name())))
+                Err(host_err(format!(
+                    "{} takes {n} arguments, got {a:?}",
+                    op.name()
+                )))
             }
         };
         let r = match op {
@@ -239,7 +261,11 @@ extern "C" fn layout(op: LayoutOp, id: TensorId, args: RSlice<'_, usize>) -> RRe
     })
 }
 
-extern "C" fn concat(op: ConcatOp, ids: RSlice<'_, TensorId>, dim: usize) -> RResult<TensorId, AbiError> {
+extern "C" fn concat(
+    op: ConcatOp,
+    ids: RSlice<'_, TensorId>,
+    dim: usize,
+) -> RResult<TensorId, AbiError> {
     run(|| {
         let ts = ids.iter().map(|id| t(*id)).collect::<R<Vec<_>>>()?;
         let refs: Vec<&Tensor> = ts.iter().collect();
@@ -252,7 +278,12 @@ extern "C" fn concat(op: ConcatOp, ids: RSlice<'_, TensorId>, dim: usize) -> RRe
     })
 }
 
-extern "C" fn index(op: IndexOp, x: TensorId, idx: TensorId, dim: usize) -> RResult<TensorId, AbiError> {
+extern "C" fn index(
+    op: IndexOp,
+    x: TensorId,
+    idx: TensorId,
+    dim: usize,
+) -> RResult<TensorId, AbiError> {
     run(|| {
         let (x, idx) = (t(x)?, t(idx)?);
         let r = match op {
@@ -264,27 +295,54 @@ extern "C" fn index(op: IndexOp, x: TensorId, idx: TensorId, dim: usize) -> RRes
     })
 }
 
-extern "C" fn layer_norm(x: TensorId, w: TensorId, b: TensorId, eps: f64) -> RResult<TensorId, AbiError> {
+extern "C" fn layer_norm(
+    x: TensorId,
+    w: TensorId,
+    b: TensorId,
+    eps: f64,
+) -> RResult<TensorId, AbiError> {
     run(|| out(ops::layer_norm(&t(x)?, &t(w)?, &t(b)?, eps as f32)))
 }
 
-extern "C" fn conv2d(x: TensorId, w: TensorId, b: ROption<TensorId>, stride: usize, padding: usize) -> RResult<TensorId, AbiError> {
+extern "C" fn conv2d(
+    x: TensorId,
+    w: TensorId,
+    b: ROption<TensorId>,
+    stride: usize,
+    padding: usize,
+) -> RResult<TensorId, AbiError> {
     run(|| {
         let bias = match b.into_option() {
             Some(id) => Some(t(id)?),
             None => None,
         };
-        out(nn_ops::conv2d(&t(x)?, &t(w)?, bias.as_ref(), stride, padding))
+        out(nn_ops::conv2d(
+            &t(x)?,
+            &t(w)?,
+            bias.as_ref(),
+            stride,
+            padding,
+        ))
     })
 }
 
-extern "C" fn attention(q: TensorId, k: TensorId, v: TensorId, scale: f64, want: bool) -> RResult<AttentionOut, AbiError> {
+extern "C" fn attention(
+    q: TensorId,
+    k: TensorId,
+    v: TensorId,
+    scale: f64,
+    want: bool,
+) -> RResult<AttentionOut, AbiError> {
     run(|| {
         let (q, k, v) = (t(q)?, t(k)?, t(v)?);
         let (o, p) = nn_ops::attention(&q, &k, &v, scale).map_err(host_err)?;
         Ok(AttentionOut {
             out: registry::insert(o),
-            probs: if want { ROption::RSome(registry::insert(p)) } else { ROption::RNone },
+            probs: if want {
+                ROption::RSome(registry::insert(p))
+            } else {
+                ROption::RNone
+            },
         })
     })
 }
@@ -293,7 +351,13 @@ fn no_context() -> AbiError {
     AbiError::new(ErrorKind::HOST, "no session context on this thread")
 }
 
-extern "C" fn create(op: CreateOp, shape: RSlice<'_, usize>, dtype: ADType, a: f64, b: f64) -> RResult<TensorId, AbiError> {
+extern "C" fn create(
+    op: CreateOp,
+    shape: RSlice<'_, usize>,
+    dtype: ADType,
+    a: f64,
+    b: f64,
+) -> RResult<TensorId, AbiError> {
     run(|| {
         let dtype = dtype_from_abi(dtype)?;
         let shape = shape.to_vec();
@@ -310,7 +374,11 @@ extern "C" fn create(op: CreateOp, shape: RSlice<'_, usize>, dtype: ADType, a: f
                 .and_then(|o| o.to_dtype(dtype)),
             CreateOp::RANDN | CreateOp::UNIFORM => {
                 let values = context::with(|c| -> R<Vec<f32>> {
-                    let init = if op == CreateOp::RANDN { Init::normal(a, b) } else { Init::uniform(a, b) };
+                    let init = if op == CreateOp::RANDN {
+                        Init::normal(a, b)
+                    } else {
+                        Init::uniform(a, b)
+                    };
                     store::init_values(init, n, &mut c.rng).map_err(host_err)
                 })
                 .ok_or_else(no_context)??;
@@ -322,33 +390,65 @@ extern "C" fn create(op: CreateOp, shape: RSlice<'_, usize>, dtype: ADType, a: f
     })
 }
 
-extern "C" fn from_f32(data: RSlice<'_, f32>, shape: RSlice<'_, usize>) -> RResult<TensorId, AbiError> {
-    run(|| out(Tensor::from_slice(data.as_slice(), shape.to_vec(), &context::device())))
+extern "C" fn from_f32(
+    data: RSlice<'_, f32>,
+    shape: RSlice<'_, usize>,
+) -> RResult<TensorId, AbiError> {
+    run(|| {
+        out(Tensor::from_slice(
+            data.as_slice(),
+            shape.to_vec(),
+            &context::device(),
+        ))
+    })
 }
 
-extern "C" fn from_u32(data: RSlice<'_, u32>, shape: RSlice<'_, usize>) -> RResult<TensorId, AbiError> {
-    run(|| out(Tensor::from_slice(data.as_slice(), shape.to_vec(), &context::device())))
+extern "C" fn from_u32(
+    data: RSlice<'_, u32>,
+    shape: RSlice<'_, usize>,
+) -> RResult<TensorId, AbiError> {
+    run(|| {
+        out(Tensor::from_slice(
+            data.as_slice(),
+            shape.to_vec(),
+            &context::device(),
+        ))
+    })
 }
 
 extern "C" fn to_vec_f32(id: TensorId) -> RResult<RVec<f32>, AbiError> {
     run(|| {
-        let x = t(id)?.to_dtype(DType::F32).and_then(|x| x.flatten_all()).map_err(host_err)?;
+        let x = t(id)?
+            .to_dtype(DType::F32)
+            .and_then(|x| x.flatten_all())
+            .map_err(host_err)?;
         Ok(x.to_vec1::<f32>().map_err(host_err)?.into())
     })
 }
 
 extern "C" fn to_vec_u32(id: TensorId) -> RResult<RVec<u32>, AbiError> {
     run(|| {
-        let x = t(id)?.to_dtype(DType::U32).and_then(|x| x.flatten_all()).map_err(host_err)?;
+        let x = t(id)?
+            .to_dtype(DType::U32)
+            .and_then(|x| x.flatten_all())
+            .map_err(host_err)?;
         Ok(x.to_vec1::<u32>().map_err(host_err)?.into())
     })
 }
 
-extern "C" fn param(name: RStr<'_>, shape: RSlice<'_, usize>, init: Init, trainable: bool) -> RResult<TensorId, AbiError> {
+extern "C" fn param(
+    name: RStr<'_>,
+    shape: RSlice<'_, usize>,
+    init: Init,
+    trainable: bool,
+) -> RResult<TensorId, AbiError> {
     run(|| {
-        let t = context::with(|c| c.store.get_or_create(name.as_str(), shape.as_slice(), init, trainable, &mut c.rng))
-            .ok_or_else(no_context)?
-            .map_err(host_err)?;
+        let t = context::with(|c| {
+            c.store
+                .get_or_create(name.as_str(), shape.as_slice(), init, trainable, &mut c.rng)
+        })
+        .ok_or_else(no_context)?
+        .map_err(host_err)?;
         Ok(registry::insert(t))
     })
 }
@@ -368,11 +468,19 @@ extern "C" fn state_set(name: RStr<'_>, id: TensorId) -> RResult<(), AbiError> {
 }
 
 extern "C" fn copy_params(src: RStr<'_>, dst: RStr<'_>) -> RResult<u64, AbiError> {
-    run(|| context::with(|c| c.store.copy_prefix(src.as_str(), dst.as_str())).ok_or_else(no_context)?.map_err(host_err))
+    run(|| {
+        context::with(|c| c.store.copy_prefix(src.as_str(), dst.as_str()))
+            .ok_or_else(no_context)?
+            .map_err(host_err)
+    })
 }
 
 extern "C" fn ema_params(src: RStr<'_>, dst: RStr<'_>, m: f64) -> RResult<u64, AbiError> {
-    run(|| context::with(|c| c.store.ema_prefix(src.as_str(), dst.as_str(), m)).ok_or_else(no_context)?.map_err(host_err))
+    run(|| {
+        context::with(|c| c.store.ema_prefix(src.as_str(), dst.as_str(), m))
+            .ok_or_else(no_context)?
+            .map_err(host_err)
+    })
 }
 
 extern "C" fn backbone_build(scope: RStr<'_>) -> RResult<BackboneId, AbiError> {
@@ -384,7 +492,10 @@ extern "C" fn backbone_build(scope: RStr<'_>) -> RResult<BackboneId, AbiError> {
         // parameters through this same table.
         let instance = (source.root.create())(source.config.as_str().into(), table(), scope)
             .into_result()
-            .map_err(|e| AbiError { message: format!("backbone '{}': {}", source.name, e.message).into(), ..e })?;
+            .map_err(|e| AbiError {
+                message: format!("backbone '{}': {}", source.name, e.message).into(),
+                ..e
+            })?;
         let id = context::with(|c| c.add_backbone(source.root, instance)).ok_or_else(no_context)?;
         Ok(BackboneId(id))
     })
@@ -398,7 +509,12 @@ extern "C" fn backbone_drop(id: BackboneId) {
     });
 }
 
-fn backbone(id: BackboneId) -> R<(patchwork_plugin_api::abi::PluginRootRef, patchwork_plugin_api::abi::InstanceId)> {
+fn backbone(
+    id: BackboneId,
+) -> R<(
+    patchwork_plugin_api::abi::PluginRootRef,
+    patchwork_plugin_api::abi::InstanceId,
+)> {
     context::with(|c| c.backbones.get(&id.0).copied())
         .ok_or_else(no_context)?
         .ok_or_else(|| AbiError::new(ErrorKind::INVALID_HANDLE, format!("no backbone #{}", id.0)))
@@ -411,7 +527,11 @@ extern "C" fn backbone_geometry(id: BackboneId) -> RResult<Geometry, AbiError> {
     })
 }
 
-extern "C" fn backbone_forward(id: BackboneId, images: TensorId, opts: ForwardOpts) -> RResult<BackboneOut, AbiError> {
+extern "C" fn backbone_forward(
+    id: BackboneId,
+    images: TensorId,
+    opts: ForwardOpts,
+) -> RResult<BackboneOut, AbiError> {
     run(|| {
         let (root, instance) = backbone(id)?;
         (root.backbone_forward())(instance, images, opts).into_result()
@@ -470,4 +590,3 @@ pub fn table() -> HostOpsRef {
         .leak_into_prefix()
     })
 }
-

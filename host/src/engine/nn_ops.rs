@@ -8,7 +8,13 @@ use super::ops;
 /// `(B, C, H, W) ⊛ (O, C, k, k)` plus bias. When kernel = stride and there is no
 /// padding (a ViT patch embedding) this is an unfold and one matmul, which is
 /// much faster than a general convolution on CPU and has a plain backward.
-pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
     let (o, wc, kh, kw) = w.dims4()?;
     let y = if kh == kw && kh == stride && padding == 0 && wc == c && h % kh == 0 && wd % kw == 0 {
@@ -50,16 +56,34 @@ mod tests {
         let w = Var::randn(0f32, 1.0, (5, 3, 4, 4), &dev).unwrap();
         let b = Var::randn(0f32, 1.0, 5, &dev).unwrap();
         let fast = conv2d(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), 4, 0).unwrap();
-        let slow = x.as_tensor().conv2d(w.as_tensor(), 0, 4, 1, 1).unwrap()
-            .broadcast_add(&b.as_tensor().reshape((1, 5, 1, 1)).unwrap()).unwrap();
-        let diff = (&fast - &slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let slow = x
+            .as_tensor()
+            .conv2d(w.as_tensor(), 0, 4, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.as_tensor().reshape((1, 5, 1, 1)).unwrap())
+            .unwrap();
+        let diff = (&fast - &slow)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-4, "forward differs by {diff}");
         let gf = fast.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let gs = slow.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&x, &w, &b] {
             let a = gf.get(v.as_tensor()).unwrap();
             let e = gs.get(v.as_tensor()).unwrap();
-            let d = (a - e).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (a - e)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-3, "gradient differs by {d}");
         }
     }

@@ -52,7 +52,11 @@ pub struct ParamStore {
 impl ParamStore {
     /// An empty store on `device`.
     pub fn new(device: Device) -> Self {
-        Self { device, params: BTreeMap::new(), state: BTreeMap::new() }
+        Self {
+            device,
+            params: BTreeMap::new(),
+            state: BTreeMap::new(),
+        }
     }
 
     /// The device parameters live on.
@@ -86,7 +90,10 @@ impl ParamStore {
         }
         let values = init_values(init, shape.iter().product(), rng)?;
         let tensor = Tensor::from_vec(values, shape, &self.device)?;
-        let p = Param { var: Var::from_tensor(&tensor)?, trainable };
+        let p = Param {
+            var: Var::from_tensor(&tensor)?,
+            trainable,
+        };
         let out = handout(&p);
         self.params.insert(name.to_string(), p);
         Ok(out)
@@ -99,7 +106,10 @@ impl ParamStore {
 
     /// The trainable parameters, by name.
     pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
-        self.params.iter().filter(|(_, p)| p.trainable).map(|(n, p)| (n, &p.var))
+        self.params
+            .iter()
+            .filter(|(_, p)| p.trainable)
+            .map(|(n, p)| (n, &p.var))
     }
 
     /// Overwrites a parameter's values (shape must match), creating it if absent.
@@ -117,7 +127,10 @@ impl ParamStore {
                 p.var.set(&value)?;
             }
             None => {
-                let p = Param { var: Var::from_tensor(&value)?, trainable: false };
+                let p = Param {
+                    var: Var::from_tensor(&value)?,
+                    trainable: false,
+                };
                 self.params.insert(name.to_string(), p);
             }
         }
@@ -170,13 +183,20 @@ impl ParamStore {
         let src_dot = format!("{src}.");
         self.params
             .keys()
-            .filter_map(|k| k.strip_prefix(&src_dot).map(|rest| (k.clone(), format!("{dst}.{rest}"))))
+            .filter_map(|k| {
+                k.strip_prefix(&src_dot)
+                    .map(|rest| (k.clone(), format!("{dst}.{rest}")))
+            })
             .collect()
     }
 }
 
 fn handout(p: &Param) -> Tensor {
-    if p.trainable { p.var.as_tensor().clone() } else { p.var.as_tensor().detach() }
+    if p.trainable {
+        p.var.as_tensor().clone()
+    } else {
+        p.var.as_tensor().detach()
+    }
 }
 
 /// Initial values for `n` elements.
@@ -187,22 +207,35 @@ pub fn init_values(init: Init, n: usize, rng: &mut ChaCha8Rng) -> Result<Vec<f32
         InitKind::CONST => vec![init.a as f32; n],
         InitKind::NORMAL => normal(rng, n, init.a, init.b, None)?,
         InitKind::TRUNC_NORMAL => normal(rng, n, 0.0, init.a, Some(2.0))?,
-        InitKind::UNIFORM => (0..n).map(|_| rng.random_range(init.a..init.b.max(init.a + f64::EPSILON)) as f32).collect(),
+        InitKind::UNIFORM => (0..n)
+            .map(|_| rng.random_range(init.a..init.b.max(init.a + f64::EPSILON)) as f32)
+            .collect(),
         other => return Err(StoreError::UnknownInit(other.0)),
     };
     Ok(v)
 }
 
 /// `n` normal samples; with `cut`, values outside ±cut are redrawn (timm's rule).
-pub fn normal(rng: &mut ChaCha8Rng, n: usize, mean: f64, std: f64, cut: Option<f64>) -> Result<Vec<f32>, StoreError> {
-    let dist = Normal::new(mean, std.max(0.0))
-        .map_err(|e| StoreError::Candle(candle_core::Error::Msg(format!("normal({mean}, {std}): {e}"))))?;
+pub fn normal(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    mean: f64,
+    std: f64,
+    cut: Option<f64>,
+) -> Result<Vec<f32>, StoreError> {
+    let dist = Normal::new(mean, std.max(0.0)).map_err(|e| {
+        StoreError::Candle(candle_core::Error::Msg(format!(
+            "normal({mean}, {std}): {e}"
+        )))
+    })?;
     Ok((0..n)
-        .map(|_| loop {
-            let x = dist.sample(rng);
-            match cut {
-                Some(c) if x.abs() > c => continue,
-                _ => break x as f32,
+        .map(|_| {
+            loop {
+                let x = dist.sample(rng);
+                match cut {
+                    Some(c) if x.abs() > c => continue,
+                    _ => break x as f32,
+                }
             }
         })
         .collect())
@@ -218,14 +251,61 @@ mod tests {
     fn params_are_created_once_and_ema_mixes() {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut store = ParamStore::new(Device::Cpu);
-        let a = store.get_or_create("student.w", &[2, 2], Init { kind: InitKind::ONES, a: 0.0, b: 0.0 }, true, &mut rng).unwrap();
-        let again = store.get_or_create("student.w", &[2, 2], Init { kind: InitKind::ZEROS, a: 0.0, b: 0.0 }, true, &mut rng).unwrap();
+        let a = store
+            .get_or_create(
+                "student.w",
+                &[2, 2],
+                Init {
+                    kind: InitKind::ONES,
+                    a: 0.0,
+                    b: 0.0,
+                },
+                true,
+                &mut rng,
+            )
+            .unwrap();
+        let again = store
+            .get_or_create(
+                "student.w",
+                &[2, 2],
+                Init {
+                    kind: InitKind::ZEROS,
+                    a: 0.0,
+                    b: 0.0,
+                },
+                true,
+                &mut rng,
+            )
+            .unwrap();
         assert_eq!(a.to_vec2::<f32>().unwrap(), again.to_vec2::<f32>().unwrap());
-        assert!(store.get_or_create("student.w", &[3], Init { kind: InitKind::ZEROS, a: 0.0, b: 0.0 }, true, &mut rng).is_err());
+        assert!(
+            store
+                .get_or_create(
+                    "student.w",
+                    &[3],
+                    Init {
+                        kind: InitKind::ZEROS,
+                        a: 0.0,
+                        b: 0.0
+                    },
+                    true,
+                    &mut rng
+                )
+                .is_err()
+        );
         assert_eq!(store.copy_prefix("student", "teacher").unwrap(), 1);
-        store.set("student.w", &Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        store
+            .set(
+                "student.w",
+                &Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
         store.ema_prefix("student", "teacher", 0.75).unwrap();
-        let t = store.params()["teacher.w"].var.as_tensor().to_vec2::<f32>().unwrap();
+        let t = store.params()["teacher.w"]
+            .var
+            .as_tensor()
+            .to_vec2::<f32>()
+            .unwrap();
         assert!((t[0][0] - 0.75).abs() < 1e-6);
         assert!(!store.params()["teacher.w"].trainable);
     }

@@ -88,14 +88,22 @@ impl LoadedPlugin {
     /// Wraps a root module linked into this process (tests, benchmarks).
     pub fn in_process(root: PluginRootRef) -> Self {
         let manifest = (root.manifest())();
-        Self { path: PathBuf::from("<in-process>"), manifest, root }
+        Self {
+            path: PathBuf::from("<in-process>"),
+            manifest,
+            root,
+        }
     }
 }
 
 /// Keeps the last lines of a long abi_stable report (a layout mismatch prints
 /// hundreds of lines; the cause is at the end).
 fn short(report: &str, lines: usize) -> String {
-    let all: Vec<&str> = report.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    let all: Vec<&str> = report
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     let start = all.len().saturating_sub(lines);
     let mut out = all[start..].join("\n");
     if start > 0 {
@@ -107,9 +115,16 @@ fn short(report: &str, lines: usize) -> String {
 fn private_copy(path: &Path) -> Result<PathBuf, LoadError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!("patchwork-plugins-{}", std::process::id()));
-    let open = |reason: String| LoadError::Open { path: path.to_path_buf(), reason };
-    std::fs::create_dir_all(&dir).map_err(|e| open(format!("creating '{}': {e}", dir.display())))?;
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+    let open = |reason: String| LoadError::Open {
+        path: path.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| open(format!("creating '{}': {e}", dir.display())))?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin");
     let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("so");
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let copy = dir.join(format!("{stem}-{n}.{ext}"));
@@ -120,19 +135,27 @@ fn private_copy(path: &Path) -> Result<PathBuf, LoadError> {
 /// Loads the plugin library at `path` and checks its ABI and op level.
 pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
     let copy = private_copy(path)?;
-    let raw = RawLibrary::load_at(&copy)
-        .map_err(|e| LoadError::Open { path: path.to_path_buf(), reason: short(&e.to_string(), 3) })?;
+    let raw = RawLibrary::load_at(&copy).map_err(|e| LoadError::Open {
+        path: path.to_path_buf(),
+        reason: short(&e.to_string(), 3),
+    })?;
     // The library stays mapped for the life of the process: root modules and
     // function pointers from it may be held anywhere.
     let raw: &'static RawLibrary = Box::leak(Box::new(raw));
     // SAFETY: the header symbol, when present, was written by abi_stable's
     // export machinery (our export macros); abi_stable checks its magic string and
     // version before trusting the rest.
-    let header = unsafe { lib_header_from_raw_library(raw) }
-        .map_err(|e| LoadError::NotAPlugin { path: path.to_path_buf(), reason: short(&e.to_string(), 2) })?;
+    let header =
+        unsafe { lib_header_from_raw_library(raw) }.map_err(|e| LoadError::NotAPlugin {
+            path: path.to_path_buf(),
+            reason: short(&e.to_string(), 2),
+        })?;
     let root = header
         .init_root_module::<PluginRootRef>()
-        .map_err(|e| LoadError::Incompatible { path: path.to_path_buf(), reason: short(&e.to_string(), 6) })?;
+        .map_err(|e| LoadError::Incompatible {
+            path: path.to_path_buf(),
+            reason: short(&e.to_string(), 6),
+        })?;
     let manifest = (root.manifest())();
     if manifest.min_host_level > HOST_OP_LEVEL {
         return Err(LoadError::HostTooOld {
@@ -141,5 +164,9 @@ pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
             provided: HOST_OP_LEVEL,
         });
     }
-    Ok(LoadedPlugin { path: path.to_path_buf(), manifest, root })
+    Ok(LoadedPlugin {
+        path: path.to_path_buf(),
+        manifest,
+        root,
+    })
 }

@@ -56,9 +56,13 @@ impl PluginRegistry {
     pub fn discover(dirs: &[PathBuf]) -> Self {
         let mut reg = Self::default();
         for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
-            let mut files: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_dylib(p)).collect();
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_dylib(p))
+                .collect();
             files.sort();
             for file in files {
                 reg.add_file(&file);
@@ -71,7 +75,10 @@ impl PluginRegistry {
     pub fn add_file(&mut self, file: &Path) {
         match load(file) {
             Ok(p) if self.get(p.name()).is_some() => {
-                self.errors.push((file.to_path_buf(), format!("duplicate plugin name '{}' (first one kept)", p.name())));
+                self.errors.push((
+                    file.to_path_buf(),
+                    format!("duplicate plugin name '{}' (first one kept)", p.name()),
+                ));
             }
             Ok(p) => self.plugins.push(p),
             Err(e) => self.errors.push((file.to_path_buf(), e.to_string())),
@@ -96,11 +103,19 @@ impl PluginRegistry {
             let hint = if self.errors.is_empty() {
                 String::new()
             } else {
-                format!("; {} librar{} failed to load (see `patchwork plugins`)", self.errors.len(), if self.errors.len() == 1 { "y" } else { "ies" })
+                format!(
+                    "; {} librar{} failed to load (see `patchwork plugins`)",
+                    self.errors.len(),
+                    if self.errors.len() == 1 { "y" } else { "ies" }
+                )
             };
             return Err(RegistryError::Unknown {
                 name: name.to_string(),
-                known: if known.is_empty() { "none".into() } else { known.join(", ") },
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
                 hint,
             });
         };
@@ -122,8 +137,14 @@ mod tests {
     #[test]
     fn unknown_plugin_lists_known_ones() {
         let reg = PluginRegistry::default();
-        let err = reg.require("dino", PluginKind::PRETEXT).unwrap_err().to_string();
-        assert!(err.contains("unknown plugin 'dino'") && err.contains("known: none"), "{err}");
+        let err = reg
+            .require("dino", PluginKind::PRETEXT)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown plugin 'dino'") && err.contains("known: none"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -132,10 +153,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join(format!("libjunk.{}", dylib_extension()));
         std::fs::write(&f, b"not an elf").unwrap();
-        let reg = PluginRegistry::discover(&[dir.clone()]);
+        let reg = PluginRegistry::discover(std::slice::from_ref(&dir));
         assert!(reg.plugins.is_empty());
         assert_eq!(reg.errors.len(), 1);
-        assert!(reg.errors[0].1.contains("cannot load"), "{}", reg.errors[0].1);
+        assert!(
+            reg.errors[0].1.contains("cannot load"),
+            "{}",
+            reg.errors[0].1
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use patchwork_plugin_api::abi::{ForwardOpts, InstanceId};
 use abi_stable::std_types::ROption;
 use candle_core::Tensor;
+use patchwork_plugin_api::abi::{ForwardOpts, InstanceId};
 
 use super::{SessionError, plugin_call::check};
 use crate::{
@@ -23,15 +23,35 @@ pub fn extract(
     size: usize,
 ) -> Result<(Tensor, Vec<u32>), SessionError> {
     let (plugin, instance) = (backbone.plugin, backbone.instance);
-    let cfg = LoaderConfig { batch_size: 128, drop_last: false, shuffle: false, ..Default::default() };
-    let loader = Loader::start(data, &cfg, Transform::Eval { size, mean: IMAGENET_MEAN, std: IMAGENET_STD }, 0, 0)?;
+    let cfg = LoaderConfig {
+        batch_size: 128,
+        drop_last: false,
+        shuffle: false,
+        ..Default::default()
+    };
+    let loader = Loader::start(
+        data,
+        &cfg,
+        Transform::Eval {
+            size,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        },
+        0,
+        0,
+    )?;
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     let device = context::device();
     for batch in loader {
         let batch = batch?;
         let images = registry::insert(batch.views[0].to_tensor(&device)?);
-        let opts = ForwardOpts { train: false, layers: false, attention: false, keep: ROption::RNone };
+        let opts = ForwardOpts {
+            train: false,
+            layers: false,
+            attention: false,
+            keep: ROption::RNone,
+        };
         let r = (plugin.root.backbone_forward())(instance, images, opts);
         registry::remove(images);
         let out = check(plugin, "forward", r)?;
@@ -42,8 +62,9 @@ pub fn extract(
         if let Some(a) = out.attention.into_option() {
             registry::remove(a);
         }
-        let cls = registry::remove(out.cls)
-            .ok_or_else(|| SessionError::Unsupported("backbone returned an invalid handle".into()))?;
+        let cls = registry::remove(out.cls).ok_or_else(|| {
+            SessionError::Unsupported("backbone returned an invalid handle".into())
+        })?;
         feats.push(cls.detach());
         labels.extend_from_slice(&batch.labels);
     }
@@ -71,5 +92,13 @@ pub fn knn(
 ) -> Result<f64, SessionError> {
     let (bank, bank_labels) = extract(backbone, train, size)?;
     let (test, test_labels) = extract(backbone, val, size)?;
-    Ok(knn_accuracy(&bank, &bank_labels, &test, &test_labels, classes, k, temperature)?)
+    Ok(knn_accuracy(
+        &bank,
+        &bank_labels,
+        &test,
+        &test_labels,
+        classes,
+        k,
+        temperature,
+    )?)
 }

@@ -13,7 +13,11 @@ use crate::{
 };
 
 /// Unwraps a plugin call's result.
-pub fn check<T>(plugin: &LoadedPlugin, call: &'static str, r: RResult<T, AbiError>) -> Result<T, SessionError> {
+pub fn check<T>(
+    plugin: &LoadedPlugin,
+    call: &'static str,
+    r: RResult<T, AbiError>,
+) -> Result<T, SessionError> {
     r.into_result().map_err(|e| SessionError::Plugin {
         plugin: plugin.name().to_string(),
         call,
@@ -31,7 +35,8 @@ pub fn create(
     ws_source: &str,
 ) -> Result<InstanceId, SessionError> {
     let r = (plugin.root.create())(pref.config.as_str().into(), host_ops::table(), scope.into());
-    r.into_result().map_err(|e| config_or_plugin(plugin, pref, e, ws_path, ws_source))
+    r.into_result()
+        .map_err(|e| config_or_plugin(plugin, pref, e, ws_path, ws_source))
 }
 
 /// Maps an error from `create` to a config error with a file position, or a plugin error.
@@ -43,7 +48,10 @@ pub fn config_or_plugin(
     ws_source: &str,
 ) -> SessionError {
     if e.kind == ErrorKind::CONFIG {
-        let (line, col) = e.location.map(|l| (l.line as usize, l.column as usize)).unwrap_or((1, 1));
+        let (line, col) = e
+            .location
+            .map(|l| (l.line as usize, l.column as usize))
+            .unwrap_or((1, 1));
         let (line, col) = match pref.config_offset {
             Some(off) => map_config_position(ws_source, off, line, col),
             None => (line, col),
@@ -55,5 +63,9 @@ pub fn config_or_plugin(
         };
     }
     // Errors from a nested backbone build carry their own plugin prefix.
-    SessionError::Plugin { plugin: plugin.name().to_string(), call: "create", message: e.message.into_string() }
+    SessionError::Plugin {
+        plugin: plugin.name().to_string(),
+        call: "create",
+        message: e.message.into_string(),
+    }
 }

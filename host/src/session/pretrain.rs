@@ -46,11 +46,18 @@ impl Optim {
         Ok(match cfg {
             Optimizer::AdamW(c) => Self::AdamW(optim::AdamW::new(
                 params,
-                optim::AdamWConfig { beta1: c.beta1, beta2: c.beta2, ..Default::default() },
+                optim::AdamWConfig {
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    ..Default::default()
+                },
             )?),
             Optimizer::Sgd(c) => Self::Sgd(optim::Sgd::new(
                 params,
-                optim::SgdConfig { momentum: c.momentum, ..Default::default() },
+                optim::SgdConfig {
+                    momentum: c.momentum,
+                    ..Default::default()
+                },
             )?),
         })
     }
@@ -157,7 +164,14 @@ fn restore_rng(text: &str) -> Option<ChaCha8Rng> {
     Some(rng)
 }
 
-fn save_checkpoint(dir: &Path, step: u64, epoch: u64, batch: usize, opt: &Optim, meta: &BTreeMap<String, String>) -> Result<PathBuf, SessionError> {
+fn save_checkpoint(
+    dir: &Path,
+    step: u64,
+    epoch: u64,
+    batch: usize,
+    opt: &Optim,
+    meta: &BTreeMap<String, String>,
+) -> Result<PathBuf, SessionError> {
     let mut tensors = Vec::new();
     let mut metadata = meta.clone();
     context::with(|c| {
@@ -169,7 +183,11 @@ fn save_checkpoint(dir: &Path, step: u64, epoch: u64, batch: usize, opt: &Optim,
         }
         metadata.insert("rng".into(), rng_state(&c.rng));
     });
-    tensors.extend(opt.state()?.into_iter().map(|(n, t)| (format!("optim/{n}"), t)));
+    tensors.extend(
+        opt.state()?
+            .into_iter()
+            .map(|(n, t)| (format!("optim/{n}"), t)),
+    );
     metadata.insert("step".into(), step.to_string());
     metadata.insert("epoch".into(), epoch.to_string());
     metadata.insert("batch".into(), batch.to_string());
@@ -179,15 +197,29 @@ fn save_checkpoint(dir: &Path, step: u64, epoch: u64, batch: usize, opt: &Optim,
 }
 
 /// Restores a checkpoint; returns (step, epoch, batch, metadata).
-fn restore(path: &Path, opt: &mut Optim) -> Result<(u64, u64, usize, BTreeMap<String, String>), SessionError> {
+fn restore(
+    path: &Path,
+    opt: &mut Optim,
+) -> Result<(u64, u64, usize, BTreeMap<String, String>), SessionError> {
     let device = context::device();
     let ckpt = checkpoint::load(path, &device)?;
-    let corrupt = |reason: String| checkpoint::CheckpointError::Corrupt { path: path.to_path_buf(), reason };
+    let corrupt = |reason: String| checkpoint::CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
     let num = |key: &str| -> Result<u64, SessionError> {
-        Ok(ckpt.metadata.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(format!("metadata '{key}' missing")))?)
+        Ok(ckpt
+            .metadata
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| corrupt(format!("metadata '{key}' missing")))?)
     };
     let (step, epoch, batch) = (num("step")?, num("epoch")?, num("batch")? as usize);
-    let rng = ckpt.metadata.get("rng").and_then(|s| restore_rng(s)).ok_or_else(|| corrupt("rng state missing".into()))?;
+    let rng = ckpt
+        .metadata
+        .get("rng")
+        .and_then(|s| restore_rng(s))
+        .ok_or_else(|| corrupt("rng state missing".into()))?;
     let mut optim_entries = Vec::new();
     let mut failure = None;
     context::with(|c| {
@@ -207,7 +239,8 @@ fn restore(path: &Path, opt: &mut Optim) -> Result<(u64, u64, usize, BTreeMap<St
     if let Some(e) = failure {
         return Err(e.into());
     }
-    opt.load_state(&optim_entries).map_err(|e| corrupt(format!("optimizer state: {e}")))?;
+    opt.load_state(&optim_entries)
+        .map_err(|e| corrupt(format!("optimizer state: {e}")))?;
     Ok((step, epoch, batch, ckpt.metadata))
 }
 
@@ -240,11 +273,18 @@ impl Drop for Handles {
 }
 
 /// Runs the stage.
-pub fn run(env: StageEnv<'_>, emit: &mut dyn FnMut(SessionEvent)) -> Result<PretrainOutcome, SessionError> {
+pub fn run(
+    env: StageEnv<'_>,
+    emit: &mut dyn FnMut(SessionEvent),
+) -> Result<PretrainOutcome, SessionError> {
     let (plugin, instance) = env.task;
     let stage = env.stage;
     let specs = view_specs(plugin, instance)?;
-    let loader_cfg = LoaderConfig { batch_size: stage.batch_size, seed: env.seed, ..Default::default() };
+    let loader_cfg = LoaderConfig {
+        batch_size: stage.batch_size,
+        seed: env.seed,
+        ..Default::default()
+    };
     let spe = batches_per_epoch(env.train.len(), stage.batch_size, true) as u64;
     if spe == 0 {
         return Err(SessionError::Unsupported(format!(
@@ -265,17 +305,24 @@ pub fn run(env: StageEnv<'_>, emit: &mut dyn FnMut(SessionEvent)) -> Result<Pret
             .collect()
     })
     .unwrap_or_default();
-    let vars: Vec<(String, Var)> = params.iter().map(|(n, v, _)| (n.clone(), v.clone())).collect();
+    let vars: Vec<(String, Var)> = params
+        .iter()
+        .map(|(n, v, _)| (n.clone(), v.clone()))
+        .collect();
     let mut opt = Optim::new(&stage.optimizer, params)?;
 
     let ckpt_dir = env.run_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir).map_err(SessionError::io(&ckpt_dir))?;
-    let (mut step, mut epoch, mut start_batch, mut restored) = (0u64, 0u64, 0usize, BTreeMap::new());
+    let (mut step, mut epoch, mut start_batch, mut restored) =
+        (0u64, 0u64, 0usize, BTreeMap::new());
     let mut last_good: Option<PathBuf> = None;
     if env.resume {
         if let Some(path) = checkpoint::latest(&ckpt_dir) {
             (step, epoch, start_batch, restored) = restore(&path, &mut opt)?;
-            emit(SessionEvent::Log(format!("resumed from '{}' at step {step}", path.display())));
+            emit(SessionEvent::Log(format!(
+                "resumed from '{}' at step {step}",
+                path.display()
+            )));
             last_good = Some(path);
         }
     }
@@ -285,7 +332,11 @@ pub fn run(env: StageEnv<'_>, emit: &mut dyn FnMut(SessionEvent)) -> Result<Pret
             meta.insert(k.clone(), v.clone());
         }
     }
-    emit(SessionEvent::StageStarted { stage: format!("pretrain ({})", plugin.name()), total_steps: total, start_step: step });
+    emit(SessionEvent::StageStarted {
+        stage: format!("pretrain ({})", plugin.name()),
+        total_steps: total,
+        start_step: step,
+    });
 
     let metrics_path = env.run_dir.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -296,14 +347,22 @@ pub fn run(env: StageEnv<'_>, emit: &mut dyn FnMut(SessionEvent)) -> Result<Pret
     let mut epoch_losses = Vec::new();
     let started = Instant::now();
     let mut images = 0usize;
-    let every = if env.checkpoint_every == 0 { spe } else { env.checkpoint_every };
+    let every = if env.checkpoint_every == 0 {
+        spe
+    } else {
+        env.checkpoint_every
+    };
     let var_list: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
 
     while epoch < epochs {
         let loader = Loader::start(
             Arc::clone(&env.train),
             &loader_cfg,
-            Transform::Views { specs: specs.clone(), mean: IMAGENET_MEAN, std: IMAGENET_STD },
+            Transform::Views {
+                specs: specs.clone(),
+                mean: IMAGENET_MEAN,
+                std: IMAGENET_STD,
+            },
             epoch,
             start_batch,
         )?;
@@ -322,21 +381,49 @@ pub fn run(env: StageEnv<'_>, emit: &mut dyn FnMut(SessionEvent)) -> Result<Pret
                 views: RVec::from(handles.0[..batch.views.len()].to_vec()),
                 labels: ROption::RSome(labels),
             };
-            let info = StepInfo { step, epoch, steps_per_epoch: spe, total_steps: total, epochs };
-            let out = check(plugin, "step", (plugin.root.pretext_step())(instance, &abi, info))?;
-            let loss_t = registry::remove(out.loss)
-                .ok_or_else(|| SessionError::Unsupported("plugin returned an invalid loss handle".into()))?;
-            let loss = f64::from(loss_t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(f32::NAN));
+            let info = StepInfo {
+                step,
+                epoch,
+                steps_per_epoch: spe,
+                total_steps: total,
+                epochs,
+            };
+            let out = check(
+                plugin,
+                "step",
+                (plugin.root.pretext_step())(instance, &abi, info),
+            )?;
+            let loss_t = registry::remove(out.loss).ok_or_else(|| {
+                SessionError::Unsupported("plugin returned an invalid loss handle".into())
+            })?;
+            let loss = f64::from(
+                loss_t
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .first()
+                    .copied()
+                    .unwrap_or(f32::NAN),
+            );
             if !loss.is_finite() {
                 let last_good = match &last_good {
                     Some(p) => format!("last good checkpoint: '{}'", p.display()),
                     None => "no checkpoint was written yet".to_string(),
                 };
-                return Err(SessionError::NonFinite { value: loss, step, epoch, last_good });
+                return Err(SessionError::NonFinite {
+                    value: loss,
+                    step,
+                    epoch,
+                    last_good,
+                });
             }
             let mut grads = loss_t.backward()?;
             drop(loss_t);
-            let frozen = check(plugin, "frozen", (plugin.root.pretext_frozen())(instance, info))?;
+            let frozen = check(
+                plugin,
+                "frozen",
+                (plugin.root.pretext_frozen())(instance, info),
+            )?;
             for prefix in frozen.iter() {
                 let dot = format!("{}.", prefix.as_str());
                 for (name, var) in &vars {
@@ -351,7 +438,11 @@ pub fn run(env: StageEnv<'_>, emit: &mut dyn FnMut(SessionEvent)) -> Result<Pret
             let (lr, wd) = sched.at(step);
             opt.step(&grads, lr, wd)?;
             drop(grads);
-            check(plugin, "after_step", (plugin.root.pretext_after_step())(instance, info))?;
+            check(
+                plugin,
+                "after_step",
+                (plugin.root.pretext_after_step())(instance, info),
+            )?;
             drop(handles);
             step += 1;
             images += bsz;
@@ -363,29 +454,51 @@ pub fn run(env: StageEnv<'_>, emit: &mut dyn FnMut(SessionEvent)) -> Result<Pret
                 record[m.name.as_str()] = serde_json::json!(m.value);
             }
             writeln!(metrics, "{record}").map_err(SessionError::io(&metrics_path))?;
-            emit(SessionEvent::Step { step, epoch, loss, lr, images_per_sec: ips });
+            emit(SessionEvent::Step {
+                step,
+                epoch,
+                loss,
+                lr,
+                images_per_sec: ips,
+            });
             for line in context::with(|c| std::mem::take(&mut c.logs)).unwrap_or_default() {
                 emit(SessionEvent::Log(line));
             }
             let end_of_epoch = batch.batch + 1 == spe as usize;
             if step % every == 0 || end_of_epoch {
-                let (e, b) = if end_of_epoch { (epoch + 1, 0) } else { (epoch, batch.batch + 1) };
+                let (e, b) = if end_of_epoch {
+                    (epoch + 1, 0)
+                } else {
+                    (epoch, batch.batch + 1)
+                };
                 let path = save_checkpoint(&ckpt_dir, step, e, b, &opt, &meta)?;
                 checkpoint::prune(&ckpt_dir, env.keep_checkpoints.max(1))?;
                 emit(SessionEvent::Checkpoint { path: path.clone() });
                 last_good = Some(path);
             }
         }
-        let mean = if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN };
+        let mean = if loss_n > 0 {
+            loss_sum / loss_n as f64
+        } else {
+            f64::NAN
+        };
         if loss_n > 0 {
             epoch_losses.push(mean);
-            emit(SessionEvent::Epoch { epoch, mean_loss: mean });
+            emit(SessionEvent::Epoch {
+                epoch,
+                mean_loss: mean,
+            });
         }
         epoch += 1;
         start_batch = 0;
     }
     let images_per_sec = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    Ok(PretrainOutcome { epoch_losses, steps: step, images_per_sec, restored_metadata: restored })
+    Ok(PretrainOutcome {
+        epoch_losses,
+        steps: step,
+        images_per_sec,
+        restored_metadata: restored,
+    })
 }
 
 #[cfg(test)]

@@ -99,8 +99,16 @@ impl Drop for ContextGuard {
 }
 
 /// Creates a backbone instance with its parameters under `scope`.
-fn backbone_at<'a>(plugin: &'a LoadedPlugin, config: &str, scope: &str) -> Result<BackboneInstance<'a>, SessionError> {
-    let r = (plugin.root.create())(config.into(), crate::engine::host_ops::table(), scope.into());
+fn backbone_at<'a>(
+    plugin: &'a LoadedPlugin,
+    config: &str,
+    scope: &str,
+) -> Result<BackboneInstance<'a>, SessionError> {
+    let r = (plugin.root.create())(
+        config.into(),
+        crate::engine::host_ops::table(),
+        scope.into(),
+    );
     let instance = check(plugin, "create", r)?;
     Ok(BackboneInstance { plugin, instance })
 }
@@ -132,7 +140,9 @@ pub fn run_session(
     emit: &mut dyn FnMut(SessionEvent),
 ) -> Result<SessionOutcome, SessionError> {
     let started = Instant::now();
-    let run_dir = resolve(&opts.workspace_path, &ws.output).join(&ws.name).join(&session.name);
+    let run_dir = resolve(&opts.workspace_path, &ws.output)
+        .join(&ws.name)
+        .join(&session.name);
     let backbone_plugin = registry.require(&session.backbone.name, PluginKind::BACKBONE)?;
     let tasks: Vec<&LoadedPlugin> = session
         .stages
@@ -148,7 +158,13 @@ pub fn run_session(
     // Check the backbone config once in a throwaway context, so its errors point
     // at the backbone's config in the workspace.
     context::install(HostContext::new(Device::Cpu, 0));
-    let check_r = create(backbone_plugin, &session.backbone, "check", &opts.workspace_path, &opts.workspace_source);
+    let check_r = create(
+        backbone_plugin,
+        &session.backbone,
+        "check",
+        &opts.workspace_path,
+        &opts.workspace_source,
+    );
     context::take();
     destroy(backbone_plugin, check_r?);
 
@@ -175,7 +191,11 @@ pub fn run_session(
     let mut report = ReportData {
         workspace: ws.name.clone(),
         session: session.name.clone(),
-        backbone: format!("{} {}", session.backbone.name, session.backbone.config.trim()),
+        backbone: format!(
+            "{} {}",
+            session.backbone.name,
+            session.backbone.config.trim()
+        ),
         ..Default::default()
     };
     let mut result_scope = "backbone".to_string();
@@ -184,18 +204,37 @@ pub fn run_session(
     for stage in &session.stages {
         match stage {
             Stage::Pretrain(p) => {
-                let plugin = tasks.next().expect("one task plugin per pretrain stage should be resolved");
-                let instance = create(plugin, &p.task, "", &opts.workspace_path, &opts.workspace_source)?;
+                let plugin = tasks
+                    .next()
+                    .expect("one task plugin per pretrain stage should be resolved");
+                let instance = create(
+                    plugin,
+                    &p.task,
+                    "",
+                    &opts.workspace_path,
+                    &opts.workspace_source,
+                )?;
                 let scope_r = (plugin.root.pretext_result_scope())(instance);
                 result_scope = check(plugin, "result_scope", scope_r)?.into_string();
                 let mut metadata = BTreeMap::new();
                 metadata.insert("result_scope".to_string(), result_scope.clone());
                 if let (Some(k), false) = (&knn_cfg, resuming) {
                     let bb = backbone_at(backbone_plugin, &session.backbone.config, &result_scope)?;
-                    let acc = knn(&bb, data.train.clone(), data.val.clone(), data.size, data.classes, k.k, k.temperature);
+                    let acc = knn(
+                        &bb,
+                        data.train.clone(),
+                        data.val.clone(),
+                        data.size,
+                        data.classes,
+                        k.k,
+                        k.temperature,
+                    );
                     destroy(backbone_plugin, bb.instance);
                     let acc = acc?;
-                    emit(SessionEvent::Eval { name: format!("knn@{} (random init)", k.k), value: acc });
+                    emit(SessionEvent::Eval {
+                        name: format!("knn@{} (random init)", k.k),
+                        value: acc,
+                    });
                     metadata.insert("knn_random_init".to_string(), acc.to_string());
                     random_knn = Some(acc);
                 }
@@ -215,7 +254,10 @@ pub fn run_session(
                 destroy(plugin, instance);
                 let outcome = outcome?;
                 if random_knn.is_none() {
-                    random_knn = outcome.restored_metadata.get("knn_random_init").and_then(|v| v.parse().ok());
+                    random_knn = outcome
+                        .restored_metadata
+                        .get("knn_random_init")
+                        .and_then(|v| v.parse().ok());
                 }
                 report.epoch_losses = outcome.epoch_losses;
                 report.steps = outcome.steps;
@@ -224,17 +266,34 @@ pub fn run_session(
             Stage::Evaluate(evs) => {
                 for Evaluator::Knn(k) in evs {
                     let bb = backbone_at(backbone_plugin, &session.backbone.config, &result_scope)?;
-                    let acc = knn(&bb, data.train.clone(), data.val.clone(), data.size, data.classes, k.k, k.temperature);
+                    let acc = knn(
+                        &bb,
+                        data.train.clone(),
+                        data.val.clone(),
+                        data.size,
+                        data.classes,
+                        k.k,
+                        k.temperature,
+                    );
                     destroy(backbone_plugin, bb.instance);
                     let acc = acc?;
-                    emit(SessionEvent::Eval { name: format!("knn@{} (trained)", k.k), value: acc });
-                    report.knn = Some(KnnResult { k: k.k, temperature: k.temperature, random_init: random_knn, trained: acc });
+                    emit(SessionEvent::Eval {
+                        name: format!("knn@{} (trained)", k.k),
+                        value: acc,
+                    });
+                    report.knn = Some(KnnResult {
+                        k: k.k,
+                        temperature: k.temperature,
+                        random_init: random_knn,
+                        trained: acc,
+                    });
                 }
             }
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
     let report_path = run_dir.join("report.md");
-    std::fs::write(&report_path, report::render(&report)).map_err(SessionError::io(&report_path))?;
+    std::fs::write(&report_path, report::render(&report))
+        .map_err(SessionError::io(&report_path))?;
     Ok(SessionOutcome { run_dir, report })
 }

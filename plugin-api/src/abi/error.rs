@@ -53,6 +53,10 @@ pub struct AbiError {
 impl AbiError {
     /// An error of `kind` with `message` and no location.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: RString::from(message.into()), location: ROption::RNone }
+        Self {
+            kind,
+            message: RString::from(message.into()),
+            location: ROption::RNone,
+        }
     }
 }

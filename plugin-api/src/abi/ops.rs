@@ -358,8 +358,7 @@ pub struct HostOps {
     /// See [`IndexOp`]: `(x, idx, dim)`.
     pub index: extern "C" fn(IndexOp, TensorId, TensorId, usize) -> RResult<TensorId, AbiError>,
     /// Fused layer norm over the last dim: `(x, weight, bias, eps)`.
-    pub layer_norm:
-        extern "C" fn(TensorId, TensorId, TensorId, f64) -> RResult<TensorId, AbiError>,
+    pub layer_norm: extern "C" fn(TensorId, TensorId, TensorId, f64) -> RResult<TensorId, AbiError>,
     /// 2-D convolution `(x, weight, bias, stride, padding)`.
     pub conv2d: extern "C" fn(
         TensorId,
@@ -369,13 +368,8 @@ pub struct HostOps {
         usize,
     ) -> RResult<TensorId, AbiError>,
     /// softmax(q·kᵀ·scale)·v over `(B, H, N, hd)`, optionally returning the probabilities.
-    pub attention: extern "C" fn(
-        TensorId,
-        TensorId,
-        TensorId,
-        f64,
-        bool,
-    ) -> RResult<AttentionOut, AbiError>,
+    pub attention:
+        extern "C" fn(TensorId, TensorId, TensorId, f64, bool) -> RResult<AttentionOut, AbiError>,
     /// See [`CreateOp`]: `(op, shape, dtype, a, b)`.
     pub create:
         extern "C" fn(CreateOp, RSlice<'_, usize>, DType, f64, f64) -> RResult<TensorId, AbiError>,

@@ -137,8 +137,7 @@ pub struct PluginRoot {
     /// What the plugin is.
     pub manifest: extern "C" fn() -> Manifest,
     /// Builds an instance from RON config text, its parameters under `scope`.
-    pub create:
-        extern "C" fn(RStr<'_>, HostOpsRef, RStr<'_>) -> RResult<InstanceId, AbiError>,
+    pub create: extern "C" fn(RStr<'_>, HostOpsRef, RStr<'_>) -> RResult<InstanceId, AbiError>,
     /// Drops an instance (and every tensor handle it holds).
     pub destroy: extern "C" fn(InstanceId),
     /// Backbone: its geometry.

@@ -29,12 +29,18 @@ impl Attention {
         let dims = xs.dims()?;
         let (b, n, d) = (dims[0], dims[1], dims[2]);
         let hd = d / self.heads;
-        let qkv = xs.apply(&self.qkv)?.reshape(&[b, n, 3, self.heads, hd])?.permute(&[2, 0, 3, 1, 4])?;
+        let qkv = xs
+            .apply(&self.qkv)?
+            .reshape(&[b, n, 3, self.heads, hd])?
+            .permute(&[2, 0, 3, 1, 4])?;
         let q = qkv.narrow(0, 0, 1)?.squeeze(0)?;
         let k = qkv.narrow(0, 1, 1)?.squeeze(0)?;
         let v = qkv.narrow(0, 2, 1)?.squeeze(0)?;
         let (out, probs) = Tensor::attention(&q, &k, &v, self.scale, want_attn)?;
-        let out = out.transpose(1, 2)?.reshape(&[b, n, d])?.apply(&self.proj)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape(&[b, n, d])?
+            .apply(&self.proj)?;
         Ok((out, probs))
     }
 }

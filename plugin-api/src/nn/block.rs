@@ -15,7 +15,14 @@ pub struct Block {
 
 impl Block {
     /// A block of width `dim`; names `norm1`, `attn`, `norm2`, `mlp` as DINO.
-    pub fn new(dim: usize, heads: usize, mlp_ratio: f64, drop_path: f64, eps: f64, scope: ParamScope) -> Result<Self> {
+    pub fn new(
+        dim: usize,
+        heads: usize,
+        mlp_ratio: f64,
+        drop_path: f64,
+        eps: f64,
+        scope: ParamScope,
+    ) -> Result<Self> {
         let hidden = (dim as f64 * mlp_ratio) as usize;
         Ok(Self {
             norm1: layer_norm(dim, eps, scope.pp("norm1"))?,
@@ -27,7 +34,12 @@ impl Block {
     }
 
     /// `(B, N, D)` → `(B, N, D)`; stochastic depth only when `train`.
-    pub fn forward_opts(&self, xs: &Tensor, train: bool, want_attn: bool) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn forward_opts(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        want_attn: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let rate = if train { self.drop_path } else { 0.0 };
         let (a, probs) = self.attn.forward_attn(&xs.apply(&self.norm1)?, want_attn)?;
         let xs = xs.add(&drop_path(&a, rate)?)?;
@@ -52,6 +64,10 @@ pub fn drop_path(xs: &Tensor, rate: f64) -> Result<Tensor> {
     let dims = xs.dims()?;
     let mut shape = vec![1; dims.len()];
     shape[0] = dims[0];
-    let mask = xs.host().rand_uniform(&shape, 0.0, 1.0)?.affine(1.0, keep)?.floor()?;
+    let mask = xs
+        .host()
+        .rand_uniform(&shape, 0.0, 1.0)?
+        .affine(1.0, keep)?
+        .floor()?;
     xs.broadcast_mul(&mask.affine(1.0 / keep, 0.0)?)
 }

@@ -11,7 +11,13 @@ pub struct ProjectionHead {
 }
 
 /// A head with `n_layers` (≥ 1) linear layers.
-pub fn projection_head(in_dim: usize, hidden: usize, out_dim: usize, n_layers: usize, scope: ParamScope) -> Result<ProjectionHead> {
+pub fn projection_head(
+    in_dim: usize,
+    hidden: usize,
+    out_dim: usize,
+    n_layers: usize,
+    scope: ParamScope,
+) -> Result<ProjectionHead> {
     let n = n_layers.max(1);
     let mut layers = Vec::with_capacity(n);
     for i in 0..n {

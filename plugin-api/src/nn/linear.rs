@@ -14,7 +14,10 @@ pub struct Linear {
 pub fn linear(in_dim: usize, out_dim: usize, scope: ParamScope) -> Result<Linear> {
     let weight = scope.get(&[out_dim, in_dim], "weight", Init::trunc_normal(0.02))?;
     let bias = scope.get(&[out_dim], "bias", Init::ZEROS)?;
-    Ok(Linear { weight, bias: Some(bias) })
+    Ok(Linear {
+        weight,
+        bias: Some(bias),
+    })
 }
 
 /// A linear layer without bias.
@@ -42,7 +45,11 @@ impl Module for Linear {
         let (lead, last) = dims.split_at(dims.len().saturating_sub(1));
         let rows: usize = lead.iter().product();
         let out_dim = self.weight.dim(0)?;
-        let flat = if lead.len() == 1 { xs.clone() } else { xs.reshape(&[rows, last[0]])? };
+        let flat = if lead.len() == 1 {
+            xs.clone()
+        } else {
+            xs.reshape(&[rows, last[0]])?
+        };
         let mut ys = flat.matmul(&self.weight.t()?)?;
         if let Some(b) = &self.bias {
             ys = ys.broadcast_add(b)?;

@@ -12,7 +12,10 @@ pub struct Mlp {
 
 /// An MLP `dim → hidden → dim`.
 pub fn mlp(dim: usize, hidden: usize, scope: ParamScope) -> Result<Mlp> {
-    Ok(Mlp { fc1: linear(dim, hidden, scope.pp("fc1"))?, fc2: linear(hidden, dim, scope.pp("fc2"))? })
+    Ok(Mlp {
+        fc1: linear(dim, hidden, scope.pp("fc1"))?,
+        fc2: linear(hidden, dim, scope.pp("fc2"))?,
+    })
 }
 
 impl Module for Mlp {

@@ -13,12 +13,25 @@ pub struct PatchEmbed {
 
 /// A patch embedding of `in_chans` → `dim` with `patch`×`patch` patches
 /// (PyTorch's default conv init).
-pub fn patch_embed(in_chans: usize, dim: usize, patch: usize, scope: ParamScope) -> Result<PatchEmbed> {
+pub fn patch_embed(
+    in_chans: usize,
+    dim: usize,
+    patch: usize,
+    scope: ParamScope,
+) -> Result<PatchEmbed> {
     let fan_in = in_chans * patch * patch;
     let proj = scope.pp("proj");
-    let weight = proj.get(&[dim, in_chans, patch, patch], "weight", Init::kaiming_uniform(fan_in))?;
+    let weight = proj.get(
+        &[dim, in_chans, patch, patch],
+        "weight",
+        Init::kaiming_uniform(fan_in),
+    )?;
     let bias = proj.get(&[dim], "bias", Init::kaiming_uniform(fan_in))?;
-    Ok(PatchEmbed { weight, bias, patch })
+    Ok(PatchEmbed {
+        weight,
+        bias,
+        patch,
+    })
 }
 
 impl PatchEmbed {
