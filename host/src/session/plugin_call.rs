@@ -18,11 +18,22 @@ pub fn check<T>(
     call: &'static str,
     r: RResult<T, AbiError>,
 ) -> Result<T, SessionError> {
-    r.into_result().map_err(|e| SessionError::Plugin {
+    r.into_result().map_err(|e| plugin_error(plugin, call, e))
+}
+
+/// A plugin error; a caught panic says so.
+pub fn plugin_error(plugin: &LoadedPlugin, call: &'static str, e: AbiError) -> SessionError {
+    let message = e.message.into_string();
+    let message = if e.kind == ErrorKind::PANICKED {
+        format!("panicked: {message}")
+    } else {
+        message
+    };
+    SessionError::Plugin {
         plugin: plugin.name().to_string(),
         call,
-        message: e.message.into_string(),
-    })
+        message,
+    }
 }
 
 /// Creates an instance of `plugin` with `pref`'s config under `scope`; a config
