@@ -184,21 +184,21 @@ op_codes! {
     LayoutOp {
         /// args = new shape
         RESHAPE = 0,
-        /// args = [d0, d1]
+        /// args = `[d0, d1]`
         TRANSPOSE = 1,
         /// args = permutation
         PERMUTE = 2,
-        /// args = [dim, start, len]
+        /// args = `[dim, start, len]`
         NARROW = 3,
         /// args = target shape
         BROADCAST_AS = 4,
-        /// args = [dim]
+        /// args = `[dim]`
         SQUEEZE = 5,
-        /// args = [dim]
+        /// args = `[dim]`
         UNSQUEEZE = 6,
-        /// args = [dtype code]
+        /// args = `[dtype code]`
         TO_DTYPE = 7,
-        /// args = [dim, repeats]: repeat along `dim`
+        /// args = `[dim, repeats]`: repeat along `dim`
         REPEAT = 8,
     }
 }
