@@ -113,6 +113,28 @@ fn backbone_at<'a>(
     Ok(BackboneInstance { plugin, instance })
 }
 
+/// k-NN accuracy of the backbone whose parameters are under `scope`.
+fn knn_at(
+    plugin: &LoadedPlugin,
+    config: &str,
+    scope: &str,
+    data: &Data,
+    k: &crate::workspace::schema::KnnConfig,
+) -> Result<f64, SessionError> {
+    let bb = backbone_at(plugin, config, scope)?;
+    let acc = knn(
+        &bb,
+        data.train.clone(),
+        data.val.clone(),
+        data.size,
+        data.classes,
+        k.k,
+        k.temperature,
+    );
+    destroy(plugin, bb.instance);
+    acc
+}
+
 fn destroy(plugin: &LoadedPlugin, instance: InstanceId) {
     (plugin.root.destroy())(instance);
 }
@@ -219,18 +241,13 @@ pub fn run_session(
                 let mut metadata = BTreeMap::new();
                 metadata.insert("result_scope".to_string(), result_scope.clone());
                 if let (Some(k), false) = (&knn_cfg, resuming) {
-                    let bb = backbone_at(backbone_plugin, &session.backbone.config, &result_scope)?;
-                    let acc = knn(
-                        &bb,
-                        data.train.clone(),
-                        data.val.clone(),
-                        data.size,
-                        data.classes,
-                        k.k,
-                        k.temperature,
-                    );
-                    destroy(backbone_plugin, bb.instance);
-                    let acc = acc?;
+                    let acc = knn_at(
+                        backbone_plugin,
+                        &session.backbone.config,
+                        &result_scope,
+                        &data,
+                        k,
+                    )?;
                     emit(SessionEvent::Eval {
                         name: format!("knn@{} (random init)", k.k),
                         value: acc,
@@ -265,18 +282,13 @@ pub fn run_session(
             }
             Stage::Evaluate(evs) => {
                 for Evaluator::Knn(k) in evs {
-                    let bb = backbone_at(backbone_plugin, &session.backbone.config, &result_scope)?;
-                    let acc = knn(
-                        &bb,
-                        data.train.clone(),
-                        data.val.clone(),
-                        data.size,
-                        data.classes,
-                        k.k,
-                        k.temperature,
-                    );
-                    destroy(backbone_plugin, bb.instance);
-                    let acc = acc?;
+                    let acc = knn_at(
+                        backbone_plugin,
+                        &session.backbone.config,
+                        &result_scope,
+                        &data,
+                        k,
+                    )?;
                     emit(SessionEvent::Eval {
                         name: format!("knn@{} (trained)", k.k),
                         value: acc,
