@@ -390,30 +390,23 @@ extern "C" fn create(
     })
 }
 
+/// A new tensor on this thread's device from host data.
+fn upload<T: candle_core::WithDType>(data: &[T], shape: &[usize]) -> R<TensorId> {
+    out(Tensor::from_slice(data, shape.to_vec(), &context::device()))
+}
+
 extern "C" fn from_f32(
     data: RSlice<'_, f32>,
     shape: RSlice<'_, usize>,
 ) -> RResult<TensorId, AbiError> {
-    run(|| {
-        out(Tensor::from_slice(
-            data.as_slice(),
-            shape.to_vec(),
-            &context::device(),
-        ))
-    })
+    run(|| upload(data.as_slice(), shape.as_slice()))
 }
 
 extern "C" fn from_u32(
     data: RSlice<'_, u32>,
     shape: RSlice<'_, usize>,
 ) -> RResult<TensorId, AbiError> {
-    run(|| {
-        out(Tensor::from_slice(
-            data.as_slice(),
-            shape.to_vec(),
-            &context::device(),
-        ))
-    })
+    run(|| upload(data.as_slice(), shape.as_slice()))
 }
 
 extern "C" fn to_vec_f32(id: TensorId) -> RResult<RVec<f32>, AbiError> {
