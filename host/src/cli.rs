@@ -58,10 +58,35 @@ pub enum Command {
         #[arg(long)]
         dir: Vec<PathBuf>,
     },
+    /// Dataset tools.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Write CLS features of images to a safetensors file.
     Embed(crate::bench::EmbedArgs),
     /// Measure training throughput: plugin path vs native model.
     Bench(crate::bench::BenchArgs),
+}
+
+/// `patchwork data ...`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write a PNG grid of raw images and their augmented (DINO multi-crop) views.
+    Preview {
+        /// Workspace file.
+        file: PathBuf,
+        /// Data source name in the workspace.
+        #[arg(long)]
+        source: String,
+        /// Output PNG.
+        #[arg(long, default_value = "preview.png")]
+        out: PathBuf,
+        /// Number of sample rows.
+        #[arg(long, default_value_t = 8)]
+        rows: usize,
+        /// Augmentation seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 /// Directories searched for plugins: next to the executable, `PATCHWORK_PLUGIN_PATH`,
@@ -117,6 +142,13 @@ pub fn run(cli: Cli) -> Result<()> {
             print_plugins(&PluginRegistry::discover(&dirs));
             Ok(())
         }
+        Command::Data(DataCommand::Preview {
+            file,
+            source,
+            out,
+            rows,
+            seed,
+        }) => preview(&file, &source, &out, rows, seed),
         Command::Embed(args) => crate::bench::embed(&args),
         Command::Bench(args) => crate::bench::bench(&args),
     }
@@ -311,4 +343,26 @@ impl Printer {
             bar.finish_and_clear();
         }
     }
+}
+
+fn preview(file: &Path, source: &str, out: &Path, rows: usize, seed: u64) -> Result<()> {
+    use crate::data::{preview, views};
+    let (ws, _) = load_workspace(file)?;
+    let data = crate::session::runner::open_source(&ws, source)
+        .with_context(|| format!("opening data source '{source}'"))?;
+    let specs = views::dino_default(data.size, 4, (data.size / 2).max(1));
+    let grid = preview::preview_grid(
+        data.train.as_ref(),
+        &specs,
+        views::IMAGENET_MEAN,
+        views::IMAGENET_STD,
+        rows,
+        seed,
+    )?;
+    preview::write_preview(&grid, out)?;
+    println!(
+        "wrote '{}': {rows} rows of raw image + 2 global + 4 local DINO views",
+        out.display()
+    );
+    Ok(())
 }

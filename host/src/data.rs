@@ -1,7 +1,14 @@
 //! Datasets, augmentations, multi-view batches and the background loader.
 
+pub mod arrays;
 pub mod augment;
+pub mod cifar;
+pub mod domains;
 pub mod image_folder;
 pub mod loader;
+pub mod preview;
+pub mod sar_optical;
+pub mod scenes;
 pub mod shapes;
+pub mod stats;
 pub mod views;

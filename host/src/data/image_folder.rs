@@ -156,6 +156,7 @@ impl Dataset for ImageFolder {
             image: load_image(path)?,
             label: *label,
             mask: Vec::new(),
+            targets: Vec::new(),
         })
     }
 

@@ -47,6 +47,18 @@ pub enum DataError {
         dir: PathBuf,
     },
 
+    /// A file could not be written.
+    #[error("cannot write '{path}': {reason}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A dataset without samples where some are needed.
+    #[error("the dataset is empty")]
+    Empty,
+
     // ---- values ----
     /// A configuration value is out of range.
     #[error("invalid {field} '{value}': {reason}")]
@@ -119,6 +131,8 @@ pub struct Sample {
     pub label: usize,
     /// `height * width` bytes, 1 = object pixel; empty when the dataset has no masks.
     pub mask: Vec<u8>,
+    /// Multi-label targets: the classes present, ascending; empty for single-label data.
+    pub targets: Vec<u32>,
 }
 
 /// A random-access dataset that any worker thread can read.
@@ -631,6 +645,7 @@ mod tests {
                 image: Image::zeros(3, 8, 8),
                 label: 0,
                 mask: Vec::new(),
+                targets: Vec::new(),
             })
         }
     }

@@ -5,6 +5,12 @@
 //! faint stripes, noise), position, size (35–70% of the side) and a small rotation
 //! (±15°, so squares never become diamonds) are random per image. Labels cycle
 //! through the classes (`index % classes`), so every split is balanced.
+//!
+//! With `plain: true` the background is one colour plus pixel noise. With
+//! `palette: n` (2 to 8) the object and background colours are drawn from `n`
+//! fixed colours instead of the whole RGB cube. Colour is then shared by many images
+//! of every class, so a self-supervised method cannot tell images apart by colour
+//! alone and has to look at the shape.
 
 use std::f32::consts::PI;
 
@@ -30,6 +36,10 @@ pub struct ShapesConfig {
     pub size: usize,
     /// Seed of the whole dataset.
     pub seed: u64,
+    /// Number of fixed colours for object and background (2 to 8); 0 draws any colour.
+    pub palette: usize,
+    /// Plain backgrounds: one colour plus pixel noise, without gradient or stripes.
+    pub plain: bool,
 }
 
 impl Default for ShapesConfig {
@@ -40,6 +50,8 @@ impl Default for ShapesConfig {
             val_images: 400,
             size: 32,
             seed: 0,
+            palette: 0,
+            plain: false,
         }
     }
 }
@@ -157,6 +169,26 @@ fn colour(rng: &mut ChaCha8Rng) -> [f32; 3] {
     [rng.random(), rng.random(), rng.random()]
 }
 
+/// The fixed colours of `palette: n` (the first `n` are used).
+const PALETTE: [[f32; 3]; 8] = [
+    [0.05, 0.05, 0.05],
+    [0.95, 0.95, 0.95],
+    [0.85, 0.15, 0.15],
+    [0.15, 0.7, 0.2],
+    [0.15, 0.3, 0.85],
+    [0.9, 0.85, 0.15],
+    [0.15, 0.8, 0.85],
+    [0.8, 0.2, 0.8],
+];
+
+/// Two different palette colours `(background, object)` from the first `n`.
+fn palette_pair(n: usize, rng: &mut ChaCha8Rng) -> ([f32; 3], [f32; 3]) {
+    let n = n.clamp(2, PALETTE.len());
+    let bg = rng.random_range(0..n);
+    let obj = (bg + rng.random_range(1..n)) % n;
+    (PALETTE[bg], PALETTE[obj])
+}
+
 fn distance(a: [f32; 3], b: [f32; 3]) -> f32 {
     a.iter()
         .zip(&b)
@@ -166,7 +198,8 @@ fn distance(a: [f32; 3], b: [f32; 3]) -> f32 {
 }
 
 impl Scene {
-    fn draw(kind: ShapeKind, size: usize, rng: &mut ChaCha8Rng) -> Self {
+    fn draw(kind: ShapeKind, cfg: &ShapesConfig, rng: &mut ChaCha8Rng) -> Self {
+        let (size, palette) = (cfg.size, cfg.palette);
         let s = size as f32;
         let radius = uniform(rng, 0.35, 0.70) * s / 2.0;
         let centre = (
@@ -174,19 +207,28 @@ impl Scene {
             uniform(rng, radius, s - radius),
         );
         let angle = uniform(rng, -PI / 12.0, PI / 12.0);
-        let bg0 = colour(rng);
-        let bg1 = bg0.map(|c| (c + uniform(rng, -0.25, 0.25)).clamp(0.0, 1.0));
-        let mut object = bg0.map(|c| 1.0 - c);
-        for _ in 0..32 {
-            let c = colour(rng);
-            if distance(c, bg0) >= 0.5 && distance(c, bg1) >= 0.5 {
-                object = c;
-                break;
+        let (bg0, bg1, object) = if palette > 0 {
+            let (bg0, object) = palette_pair(palette, rng);
+            let bg1 = bg0.map(|c| (c + uniform(rng, -0.1, 0.1)).clamp(0.0, 1.0));
+            (bg0, bg1, object)
+        } else {
+            let bg0 = colour(rng);
+            let bg1 = bg0.map(|c| (c + uniform(rng, -0.25, 0.25)).clamp(0.0, 1.0));
+            let mut object = bg0.map(|c| 1.0 - c);
+            for _ in 0..32 {
+                let c = colour(rng);
+                if distance(c, bg0) >= 0.5 && distance(c, bg1) >= 0.5 {
+                    object = c;
+                    break;
+                }
             }
-        }
+            (bg0, bg1, object)
+        };
+        let bg1 = if cfg.plain { bg0 } else { bg1 };
         let gradient = uniform(rng, 0.0, 2.0 * PI);
+        let amplitude = uniform(rng, 0.0, 0.06);
         let stripes = (
-            uniform(rng, 0.0, 0.06),
+            if cfg.plain { 0.0 } else { amplitude },
             uniform(rng, 2.0, 6.0),
             uniform(rng, 0.0, PI),
             uniform(rng, 0.0, 2.0 * PI),
@@ -261,6 +303,13 @@ impl Shapes {
                 reason: "must be between 1 and 8",
             });
         }
+        if config.palette == 1 || config.palette > PALETTE.len() {
+            return Err(DataError::InvalidConfig {
+                field: "palette",
+                value: config.palette.to_string(),
+                reason: "must be 0 (any colour) or between 2 and 8",
+            });
+        }
         if config.size < 8 {
             return Err(DataError::InvalidConfig {
                 field: "size",
@@ -306,9 +355,14 @@ impl Shapes {
         };
         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(&[self.config.seed, tag, index as u64]));
         let label = index % self.config.classes;
-        let scene = Scene::draw(ShapeKind::ALL[label], self.config.size, &mut rng);
+        let scene = Scene::draw(ShapeKind::ALL[label], &self.config, &mut rng);
         let (image, mask) = scene.render(self.config.size, &mut rng);
-        Sample { image, label, mask }
+        Sample {
+            image,
+            label,
+            mask,
+            targets: Vec::new(),
+        }
     }
 
     /// One split as a [`Dataset`].

@@ -101,14 +101,25 @@ pub struct ViewSpec {
     pub jitter_p: f32,
     /// Probability of grayscale.
     pub gray_p: f32,
-    /// Probability of a Gaussian blur with sigma uniform in [`BLUR_SIGMA`].
+    /// Probability of a Gaussian blur.
     pub blur_p: f32,
+    /// Blur sigma range in output pixels (sigma is drawn uniformly from it).
+    pub blur_sigma: (f32, f32),
     /// Probability of solarization at 0.5.
     pub solarize_p: f32,
 }
 
-/// Gaussian-blur sigma range in pixels (DINO: PIL radius uniform in [0.1, 2]).
+/// Gaussian-blur sigma range in pixels at DINO's resolutions (PIL radius uniform in
+/// [0.1, 2] on 224 px global and 96 px local crops); see [`scaled_blur`].
 pub const BLUR_SIGMA: (f32, f32) = (0.1, 2.0);
+
+/// [`BLUR_SIGMA`] scaled from a reference side (224 for DINO's globals, 96 for its
+/// locals) to `size`, so a 32 px crop is blurred as much, relative to its side, as a
+/// 224 px one.
+pub fn scaled_blur(size: usize, reference: usize) -> (f32, f32) {
+    let k = size as f32 / reference.max(1) as f32;
+    (BLUR_SIGMA.0 * k, BLUR_SIGMA.1 * k)
+}
 /// RandomResizedCrop aspect-ratio range.
 pub const CROP_RATIO: (f32, f32) = (3.0 / 4.0, 4.0 / 3.0);
 
@@ -145,13 +156,22 @@ impl ViewSpec {
                 return bad(field, p.to_string(), "must be a probability in [0, 1]");
             }
         }
+        let (lo, hi) = self.blur_sigma;
+        if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
+            return bad(
+                "blur sigma",
+                format!("{:?}", self.blur_sigma),
+                "must satisfy 0 < lo <= hi",
+            );
+        }
         Ok(())
     }
 }
 
 /// DINO's asymmetric views: global 1 (blur p 1.0), global 2 (blur p 0.1, solarize p 0.2),
 /// then `local_count` local crops (blur p 0.5). Globals use scale (0.4, 1), locals
-/// (0.05, 0.4); all use flip p 0.5, jitter p 0.8 and grayscale p 0.2.
+/// (0.05, 0.4); all use flip p 0.5, jitter p 0.8 and grayscale p 0.2. Blur sigmas
+/// are [`scaled_blur`] from 224 px (globals) and 96 px (locals).
 /// The locals are omitted when `local_count` is 0.
 pub fn dino_default(global_size: usize, local_count: usize, local_size: usize) -> Vec<ViewSpec> {
     let base = ViewSpec {
@@ -162,6 +182,7 @@ pub fn dino_default(global_size: usize, local_count: usize, local_size: usize) -
         jitter_p: 0.8,
         gray_p: 0.2,
         blur_p: 1.0,
+        blur_sigma: scaled_blur(global_size, 224),
         solarize_p: 0.0,
     };
     let mut specs = vec![
@@ -178,6 +199,7 @@ pub fn dino_default(global_size: usize, local_count: usize, local_size: usize) -
             size: local_size,
             scale: (0.05, 0.4),
             blur_p: 0.5,
+            blur_sigma: scaled_blur(local_size, 96),
             ..base
         });
     }
@@ -208,7 +230,7 @@ pub fn make_views<R: Rng + ?Sized>(
                 v = grayscale(&v);
             }
             if rng.random::<f32>() < spec.blur_p {
-                let sigma = uniform(rng, BLUR_SIGMA.0, BLUR_SIGMA.1);
+                let sigma = uniform(rng, spec.blur_sigma.0, spec.blur_sigma.1);
                 v = gaussian_blur(&v, sigma);
             }
             if rng.random::<f32>() < spec.solarize_p {

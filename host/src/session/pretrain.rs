@@ -256,6 +256,7 @@ fn view_specs(plugin: &LoadedPlugin, instance: InstanceId) -> Result<Vec<ViewSpe
             jitter_p: v.jitter_p,
             gray_p: v.gray_p,
             blur_p: v.blur_p,
+            blur_sigma: (v.blur_sigma_min, v.blur_sigma_max),
             solarize_p: v.solarize_p,
         })
         .collect())

@@ -64,15 +64,25 @@ pub fn device(spec: &str) -> Result<Device, SessionError> {
     }
 }
 
-struct Data {
-    train: Arc<dyn Dataset>,
-    val: Arc<dyn Dataset>,
-    classes: usize,
-    size: usize,
+/// A workspace data source opened for training and evaluation.
+pub struct Data {
+    /// The training split.
+    pub train: Arc<dyn Dataset>,
+    /// The validation split.
+    pub val: Arc<dyn Dataset>,
+    /// Number of classes.
+    pub classes: usize,
+    /// Image side the backbone sees.
+    pub size: usize,
 }
 
 fn data(ws: &Workspace, session: &Session) -> Result<Data, SessionError> {
-    match ws.data.get(&session.data) {
+    open_source(ws, &session.data)
+}
+
+/// Opens the data source `name` of `ws`.
+pub fn open_source(ws: &Workspace, name: &str) -> Result<Data, SessionError> {
+    match ws.data.get(name) {
         Some(DataSource::Shapes(cfg)) => {
             let shapes = Shapes::new(cfg.clone())?;
             Ok(Data {
@@ -85,7 +95,10 @@ fn data(ws: &Workspace, session: &Session) -> Result<Data, SessionError> {
         Some(DataSource::ImageFolder(_)) => Err(SessionError::Unsupported(
             "training on ImageFolder sources is not available yet; use a Shapes source (images can be embedded with `patchwork embed --images`)".into(),
         )),
-        None => Err(SessionError::Unsupported(format!("unknown data source '{}'", session.data))),
+        None => Err(SessionError::Unsupported(format!(
+            "unknown data source '{name}' (the workspace has: {})",
+            ws.data.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
     }
 }
 

@@ -79,6 +79,10 @@ pub struct ViewSpec {
     pub gray_p: f32,
     /// Gaussian blur probability.
     pub blur_p: f32,
+    /// Lower end of the blur sigma range, in output pixels.
+    pub blur_sigma_min: f32,
+    /// Upper end of the blur sigma range, in output pixels.
+    pub blur_sigma_max: f32,
     /// Solarize probability.
     pub solarize_p: f32,
 }

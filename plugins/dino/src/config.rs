@@ -138,15 +138,25 @@ impl Config {
     /// Sizes must fit in `u32` ([`Config::validate`] checks it).
     pub fn views(&self) -> Vec<ViewSpec> {
         let u = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        // PIL radius U(0.1, 2.0) at 224 px (globals) and 96 px (locals), scaled to
+        // the configured sides so small crops are not blurred out of recognition.
+        let blur = |size: usize, reference: f32| {
+            let k = size as f32 / reference;
+            (0.1 * k, 2.0 * k)
+        };
+        let (g_lo, g_hi) = blur(self.global_size, 224.0);
+        let (l_lo, l_hi) = blur(self.local_size, 96.0);
         let global = ViewSpec {
             count: 1,
             size: u(self.global_size),
             scale_min: self.global_crops_scale.0,
             scale_max: self.global_crops_scale.1,
-            flip_p: 0.5,     // RandomHorizontalFlip(p=0.5)
-            jitter_p: 0.8,   // RandomApply([ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
-            gray_p: 0.2,     // RandomGrayscale(p=0.2)
-            blur_p: 1.0,     // global_transfo1: GaussianBlur(1.0)
+            flip_p: 0.5,   // RandomHorizontalFlip(p=0.5)
+            jitter_p: 0.8, // RandomApply([ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
+            gray_p: 0.2,   // RandomGrayscale(p=0.2)
+            blur_p: 1.0,   // global_transfo1: GaussianBlur(1.0)
+            blur_sigma_min: g_lo,
+            blur_sigma_max: g_hi,
             solarize_p: 0.0, // global_transfo1: no solarization
         };
         let mut views = vec![
@@ -165,6 +175,8 @@ impl Config {
                 scale_min: self.local_crops_scale.0,
                 scale_max: self.local_crops_scale.1,
                 blur_p: 0.5, // local_transfo: GaussianBlur(p=0.5)
+                blur_sigma_min: l_lo,
+                blur_sigma_max: l_hi,
                 solarize_p: 0.0,
                 ..global
             });
@@ -234,6 +246,16 @@ mod tests {
         );
         assert_eq!((local.scale_min, local.scale_max), (0.05, 0.4));
         assert_eq!((g1.scale_min, g1.scale_max), (0.4, 1.0));
+        assert_eq!((g1.blur_sigma_min, g1.blur_sigma_max), (0.1, 2.0));
+        assert_eq!((local.blur_sigma_min, local.blur_sigma_max), (0.1, 2.0));
+        let small = Config {
+            global_size: 32,
+            local_size: 16,
+            ..Config::default()
+        }
+        .views();
+        assert!((small[0].blur_sigma_max - 2.0 * 32.0 / 224.0).abs() < 1e-6);
+        assert!((small[2].blur_sigma_max - 2.0 * 16.0 / 96.0).abs() < 1e-6);
         for v in views {
             assert_eq!((v.flip_p, v.jitter_p, v.gray_p), (0.5, 0.8, 0.2));
         }

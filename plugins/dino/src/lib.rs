@@ -31,6 +31,9 @@
 //!
 //! Deviations:
 //! - no fp16 / AMP (f32 throughout);
+//! - the blur radius range (0.1, 2.0) is in pixels of 224 px globals and 96 px
+//!   locals; at other crop sides it is scaled by `side / 224` and `side / 96`, so a
+//!   32 px crop keeps the relative blur of the paper instead of losing its shape;
 //! - single process: the centre is the mean over this batch, with no all-reduce
 //!   across GPUs;
 //! - no BatchNorm in the head (`use_bn_in_head` False, the official default) and a

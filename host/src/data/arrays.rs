@@ -1,0 +1,1 @@
+//! Multi-band arrays: a folder of `.npy` files or one safetensors file, with labels.

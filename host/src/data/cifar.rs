@@ -1,0 +1,1 @@
+//! CIFAR-10 / CIFAR-100 binary files.

@@ -1,0 +1,1 @@
+//! The procedural `domains` dataset: the same classes rendered in several styles.

@@ -1,0 +1,1 @@
+//! The procedural `scenes` dataset: several objects per image, multi-label targets and masks.
