@@ -3,6 +3,7 @@
 pub mod arrays;
 pub mod augment;
 pub mod cifar;
+pub mod corrupt;
 pub mod domains;
 pub mod image_folder;
 pub mod loader;

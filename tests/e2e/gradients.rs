@@ -102,6 +102,10 @@ fn every_trainable_parameter_gets_a_gradient() {
 }
 
 /// The DINO loss at the current parameters, for a fixed batch (no drop path).
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test helper: any failure should fail the test"
+)]
 fn dino_loss(
     root: &patchwork::plugins::LoadedPlugin,
     instance: patchwork_plugin_api::abi::InstanceId,
@@ -196,7 +200,7 @@ fn dino_gradient_matches_finite_differences() {
         .sqrt();
         let dir = (g / gnorm).unwrap();
         let eps = 1e-2;
-        let mut at = |t: f64| {
+        let at = |t: f64| {
             var.set(&(&p0 + (&dir * t).unwrap()).unwrap()).unwrap();
             f64::from(
                 dino_loss(dino, instance, &batch, info)

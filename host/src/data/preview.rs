@@ -114,7 +114,10 @@ mod tests {
         let specs = dino_default(16, 2, 8);
         let grid = preview_grid(&ds, &specs, IMAGENET_MEAN, IMAGENET_STD, 3, 0).unwrap();
         // 3 rows; raw + 2 globals + 2 locals = 5 columns of 16 px cells.
-        assert_eq!(grid.dimensions(), ((5 * 18 + 2) as u32, (3 * 18 + 2) as u32));
+        assert_eq!(
+            grid.dimensions(),
+            ((5 * 18 + 2) as u32, (3 * 18 + 2) as u32)
+        );
         // The raw image of row 0 is copied exactly into its cell.
         let raw = ds.get(0).unwrap().image;
         let want = rgb_at(&raw, 3, 5);

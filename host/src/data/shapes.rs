@@ -422,6 +422,7 @@ mod tests {
             val_images: 16,
             size: 32,
             seed,
+            ..ShapesConfig::default()
         })
         .unwrap()
     }
@@ -552,5 +553,51 @@ mod tests {
             err.to_string(),
             "invalid classes '9': must be between 1 and 8"
         );
+    }
+
+    #[test]
+    fn palette_and_plain_limit_colours() {
+        let cfg = ShapesConfig {
+            images: 24,
+            palette: 2,
+            plain: true,
+            ..ShapesConfig::default()
+        };
+        let s = Shapes::new(cfg.clone()).unwrap();
+        for i in 0..24 {
+            let sample = s.get(Split::Train, i);
+            let plane = sample.image.plane();
+            // Every object pixel (full coverage) has a palette colour, up to the noise.
+            let near_palette = |p: usize| {
+                PALETTE[..2].iter().any(|c| {
+                    (0..3).all(|ch| (sample.image.data[ch * plane + p] - c[ch]).abs() <= 0.031)
+                })
+            };
+            let inside: Vec<usize> = (0..plane).filter(|&p| sample.mask[p] == 1).collect();
+            let hits = inside.iter().filter(|&&p| near_palette(p)).count();
+            // Edge pixels mix object and background; the interior is pure palette.
+            assert!(
+                hits * 2 > inside.len(),
+                "image {i}: {hits}/{}",
+                inside.len()
+            );
+            // A plain background: pixel 0 and the far corner differ by noise only.
+            let corners = [0, plane - 1];
+            if corners.iter().all(|&p| sample.mask[p] == 0) {
+                for ch in 0..3 {
+                    let d =
+                        sample.image.data[ch * plane] - sample.image.data[ch * plane + plane - 1];
+                    assert!(d.abs() <= 0.061, "image {i} channel {ch}: {d}");
+                }
+            }
+        }
+        for bad in [1, 9] {
+            let err = Shapes::new(ShapesConfig {
+                palette: bad,
+                ..cfg.clone()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains("palette"), "{err}");
+        }
     }
 }

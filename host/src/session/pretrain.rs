@@ -139,6 +139,8 @@ pub struct StageEnv<'a> {
 pub struct PretrainOutcome {
     /// Mean loss of each epoch (those run in this process and earlier ones from metrics).
     pub epoch_losses: Vec<f64>,
+    /// Per-epoch means of the task's metrics, for the epochs run in this process.
+    pub epoch_metrics: Vec<BTreeMap<String, f64>>,
     /// Steps done.
     pub steps: u64,
     /// Average training images per second in this process.
@@ -346,6 +348,7 @@ pub fn run(
         .open(&metrics_path)
         .map_err(SessionError::io(&metrics_path))?;
     let mut epoch_losses = Vec::new();
+    let mut epoch_metrics: Vec<BTreeMap<String, f64>> = Vec::new();
     let started = Instant::now();
     let mut images = 0usize;
     let every = if env.checkpoint_every == 0 {
@@ -368,6 +371,7 @@ pub fn run(
             start_batch,
         )?;
         let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+        let mut metric_sums: BTreeMap<String, f64> = BTreeMap::new();
         for batch in loader {
             let batch = batch?;
             let bsz = batch.labels.len();
@@ -449,6 +453,9 @@ pub fn run(
             images += bsz;
             loss_sum += loss;
             loss_n += 1;
+            for m in out.metrics.iter() {
+                *metric_sums.entry(m.name.to_string()).or_insert(0.0) += m.value;
+            }
             let ips = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
             let mut record = serde_json::json!({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "wd": wd, "images_per_sec": ips});
             for m in out.metrics.iter() {
@@ -485,6 +492,12 @@ pub fn run(
         };
         if loss_n > 0 {
             epoch_losses.push(mean);
+            epoch_metrics.push(
+                metric_sums
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v / loss_n as f64))
+                    .collect(),
+            );
             emit(SessionEvent::Epoch {
                 epoch,
                 mean_loss: mean,
@@ -496,6 +509,7 @@ pub fn run(
     let images_per_sec = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
     Ok(PretrainOutcome {
         epoch_losses,
+        epoch_metrics,
         steps: step,
         images_per_sec,
         restored_metadata: restored,

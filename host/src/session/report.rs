@@ -15,6 +15,8 @@ pub struct ReportData {
     pub task: Option<String>,
     /// Mean loss of each epoch.
     pub epoch_losses: Vec<f64>,
+    /// Per-epoch means of the task's metrics (the last epochs, when resumed).
+    pub epoch_metrics: Vec<std::collections::BTreeMap<String, f64>>,
     /// Steps run.
     pub steps: u64,
     /// Training throughput.
@@ -52,9 +54,30 @@ pub fn render(d: &ReportData) -> String {
         d.steps, d.seconds, d.images_per_sec
     );
     if !d.epoch_losses.is_empty() {
-        let _ = writeln!(s, "## Loss\n\n| epoch | mean loss |\n|---|---|");
+        // Metric columns: the task's metrics, aligned to the last epochs.
+        let names: Vec<&String> = d
+            .epoch_metrics
+            .last()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        let offset = d.epoch_losses.len().saturating_sub(d.epoch_metrics.len());
+        let _ = write!(s, "## Loss\n\n| epoch | mean loss |");
+        for n in &names {
+            let _ = write!(s, " {n} |");
+        }
+        let _ = writeln!(s, "\n|---|---|{}", "---|".repeat(names.len()));
         for (i, l) in d.epoch_losses.iter().enumerate() {
-            let _ = writeln!(s, "| {i} | {l:.4} |");
+            let _ = write!(s, "| {i} | {l:.4} |");
+            let row = i.checked_sub(offset).and_then(|j| d.epoch_metrics.get(j));
+            for n in &names {
+                match row.and_then(|m| m.get(*n)) {
+                    Some(v) => {
+                        let _ = write!(s, " {v:.4} |");
+                    }
+                    None => s.push_str(" |"),
+                }
+            }
+            s.push('\n');
         }
         if let (Some(first), Some(last)) = (d.epoch_losses.first(), d.epoch_losses.last()) {
             let verdict = if last < first {
@@ -109,5 +132,20 @@ mod tests {
         let text = render(&d);
         assert!(text.contains("Loss falling"), "{text}");
         assert!(text.contains("+25.00 percentage points"), "{text}");
+    }
+
+    #[test]
+    fn metric_columns_align_with_the_last_epochs() {
+        let m = |v: f64| [("kl".to_string(), v)].into_iter().collect();
+        let d = ReportData {
+            epoch_losses: vec![3.0, 3.5, 4.0],
+            epoch_metrics: vec![m(0.5), m(0.2)],
+            ..Default::default()
+        };
+        let text = render(&d);
+        assert!(text.contains("| epoch | mean loss | kl |"), "{text}");
+        assert!(text.contains("| 0 | 3.0000 | |"), "{text}");
+        assert!(text.contains("| 2 | 4.0000 | 0.2000 |"), "{text}");
+        assert!(text.contains("Loss NOT falling"), "{text}");
     }
 }

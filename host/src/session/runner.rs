@@ -290,6 +290,7 @@ pub fn run_session(
                         .and_then(|v| v.parse().ok());
                 }
                 report.epoch_losses = outcome.epoch_losses;
+                report.epoch_metrics = outcome.epoch_metrics;
                 report.steps = outcome.steps;
                 report.images_per_sec = outcome.images_per_sec;
             }

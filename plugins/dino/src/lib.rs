@@ -27,7 +27,10 @@
 //! - the result is the teacher backbone (`teacher.backbone`).
 //!
 //! Metrics: `teacher_entropy`, `teacher_kl_uniform`, `student_feature_std` (see
-//! [`loss::CollapseMetrics`]), `teacher_temp` and `ema_momentum`.
+//! [`loss::CollapseMetrics`]), `kl_student_teacher` (loss − teacher entropy: the
+//! loss is `H(q) + KL(q‖p)` and only the KL term depends on the student; the entropy
+//! term rises while the centre spreads the teacher over its prototypes, so the loss
+//! itself can rise while the student learns), `teacher_temp` and `ema_momentum`.
 //!
 //! Deviations:
 //! - no fp16 / AMP (f32 throughout);
@@ -241,10 +244,14 @@ impl PretextTask for Dino {
 
         let watch = CollapseMetrics::compute(&scores, &student_cls.narrow(0, 0, globals * b)?)?;
         let momentum = teacher_momentum(self.cfg.momentum_teacher, info.step, info.total_steps);
+        // The loss is H(q) + KL(q‖p) averaged over pairs; only the KL term depends on
+        // the student, so it is the part training drives down.
+        let kl = f64::from(loss.detach()?.to_scalar_f32()?) - watch.teacher_entropy;
         Ok(StepOutput {
             loss,
             metrics: vec![
                 ("teacher_entropy".into(), watch.teacher_entropy),
+                ("kl_student_teacher".into(), kl),
                 ("teacher_kl_uniform".into(), watch.teacher_kl_uniform),
                 ("student_feature_std".into(), watch.student_feature_std),
                 ("teacher_temp".into(), temp),
