@@ -8,6 +8,7 @@ pub mod domains;
 pub mod image_folder;
 pub mod loader;
 pub mod preview;
+pub mod procedural;
 pub mod sar_optical;
 pub mod scenes;
 pub mod shapes;

@@ -9,48 +9,76 @@ use patchwork::{
         context::{self, BackboneSource, HostContext},
         host_ops, registry,
     },
-    plugins::PluginRegistry,
+    plugins::{LoadedPlugin, PluginRegistry},
 };
-use patchwork_plugin_api::abi::{BatchAbi, PluginKind, StepInfo};
+use patchwork_plugin_api::abi::{BatchAbi, InstanceId, PluginKind, StepInfo, TensorId};
 
-#[test]
-fn every_trainable_parameter_gets_a_gradient() {
-    let reg = PluginRegistry::discover(&[patchwork_tests::target_dir()]);
-    let vit = reg
-        .require("vit", PluginKind::BACKBONE)
-        .expect("vit plugin built");
-    let dino = reg
-        .require("dino", PluginKind::PRETEXT)
-        .expect("dino plugin built");
-    let mut ctx = HostContext::new(Device::Cpu, 3);
+/// A tiny ViT (32 wide, 2 deep, 16 px) + DINO instance in a fresh host context seeded
+/// with `seed`; `vit_extra` is appended to the ViT config (e.g. `", drop_path_rate: 0.0"`).
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test helper: any failure should fail the test"
+)]
+fn tiny_dino<'a>(
+    reg: &'a PluginRegistry,
+    seed: u64,
+    vit_extra: &str,
+) -> (&'a LoadedPlugin, InstanceId) {
+    let vit = reg.require("vit", PluginKind::BACKBONE).unwrap();
+    let dino = reg.require("dino", PluginKind::PRETEXT).unwrap();
+    let mut ctx = HostContext::new(Device::Cpu, seed);
     ctx.backbone = Some(BackboneSource {
         name: "vit".into(),
         root: vit.root,
-        config: "(preset: \"tiny\", embed_dim: Some(32), depth: Some(2), num_heads: Some(2), patch_size: 4, img_size: 16)".into(),
+        config: format!(
+            "(preset: \"tiny\", embed_dim: Some(32), depth: Some(2), num_heads: Some(2), patch_size: 4, img_size: 16{vit_extra})"
+        ),
     });
     context::install(ctx);
     let cfg = "(out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, local_crops: 2, global_size: 16, local_size: 8)";
     let instance = (dino.root.create())(cfg.into(), host_ops::table(), "".into())
         .into_result()
         .unwrap();
-    let mut ids = Vec::new();
-    for s in [16, 16, 8, 8] {
-        ids.push(registry::insert(
-            Tensor::randn(0f32, 1.0, (4, 3, s, s), &Device::Cpu).unwrap(),
-        ));
-    }
+    (dino, instance)
+}
+
+/// Random `(batch, 3, s, s)` views for 2 global (16 px) and 2 local (8 px) crops.
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test helper: any failure should fail the test"
+)]
+fn random_views(batch: usize) -> (Vec<TensorId>, BatchAbi) {
+    let ids: Vec<TensorId> = [16, 16, 8, 8]
+        .iter()
+        .map(|&s| {
+            registry::insert(Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu).unwrap())
+        })
+        .collect();
     let batch = BatchAbi {
         views: RVec::from(ids.clone()),
         labels: ROption::RNone,
     };
-    // Epoch 1: DINO's last layer is no longer frozen, so it must get a gradient too.
-    let info = StepInfo {
+    (ids, batch)
+}
+
+/// A step in epoch 1, when DINO's last layer is no longer frozen.
+fn epoch_one() -> StepInfo {
+    StepInfo {
         step: 10,
         epoch: 1,
         steps_per_epoch: 10,
         total_steps: 100,
         epochs: 10,
-    };
+    }
+}
+
+#[test]
+fn every_trainable_parameter_gets_a_gradient() {
+    let reg = PluginRegistry::discover(&[patchwork_tests::target_dir()]);
+    let (dino, instance) = tiny_dino(&reg, 3, "");
+    let (ids, batch) = random_views(4);
+    // Epoch 1: DINO's last layer is no longer frozen, so it must get a gradient too.
+    let info = epoch_one();
     let out = (dino.root.pretext_step())(instance, &batch, info)
         .into_result()
         .unwrap();
@@ -107,8 +135,8 @@ fn every_trainable_parameter_gets_a_gradient() {
     reason = "a test helper: any failure should fail the test"
 )]
 fn dino_loss(
-    root: &patchwork::plugins::LoadedPlugin,
-    instance: patchwork_plugin_api::abi::InstanceId,
+    root: &LoadedPlugin,
+    instance: InstanceId,
     batch: &BatchAbi,
     info: StepInfo,
 ) -> Tensor {
@@ -124,19 +152,7 @@ fn dino_loss(
 #[test]
 fn dino_gradient_matches_finite_differences() {
     let reg = PluginRegistry::discover(&[patchwork_tests::target_dir()]);
-    let vit = reg.require("vit", PluginKind::BACKBONE).unwrap();
-    let dino = reg.require("dino", PluginKind::PRETEXT).unwrap();
-    let mut ctx = HostContext::new(Device::Cpu, 5);
-    ctx.backbone = Some(BackboneSource {
-        name: "vit".into(),
-        root: vit.root,
-        config: "(preset: \"tiny\", embed_dim: Some(32), depth: Some(2), num_heads: Some(2), patch_size: 4, img_size: 16, drop_path_rate: 0.0)".into(),
-    });
-    context::install(ctx);
-    let cfg = "(out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, local_crops: 2, global_size: 16, local_size: 8)";
-    let instance = (dino.root.create())(cfg.into(), host_ops::table(), "".into())
-        .into_result()
-        .unwrap();
+    let (dino, instance) = tiny_dino(&reg, 5, ", drop_path_rate: 0.0");
     // Teacher and student differ, as they do after some training.
     context::with(|c| {
         let names: Vec<String> = c
@@ -152,21 +168,8 @@ fn dino_gradient_matches_finite_differences() {
             c.store.set(&n, &(p + noise).unwrap()).unwrap();
         }
     });
-    let ids: Vec<_> = [16, 16, 8, 8]
-        .iter()
-        .map(|&s| registry::insert(Tensor::randn(0f32, 1.0, (6, 3, s, s), &Device::Cpu).unwrap()))
-        .collect();
-    let batch = BatchAbi {
-        views: RVec::from(ids.clone()),
-        labels: ROption::RNone,
-    };
-    let info = StepInfo {
-        step: 10,
-        epoch: 1,
-        steps_per_epoch: 10,
-        total_steps: 100,
-        epochs: 10,
-    };
+    let (ids, batch) = random_views(6);
+    let info = epoch_one();
     let grads = dino_loss(dino, instance, &batch, info).backward().unwrap();
     let probe = [
         "student.backbone.patch_embed.proj.weight",

@@ -28,7 +28,8 @@ use rand_distr::{Distribution, Gamma, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::augment::uniform;
-use super::loader::{DataError, Dataset, Sample, mix_seed};
+use super::loader::{DataError, Sample, mix_seed};
+use super::procedural::{Procedural, SplitDataset};
 use super::scenes::split_tag;
 use super::shapes::Split;
 use super::views::Image;
@@ -359,53 +360,31 @@ impl SarOptical {
 
     /// One split as a [`Dataset`].
     pub fn split(&self, split: Split) -> SarOpticalDataset {
-        SarOpticalDataset {
-            data: self.clone(),
-            split,
-        }
+        SplitDataset::new(self.clone(), split)
     }
 }
 
 /// One split of [`SarOptical`], usable by the loader.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SarOpticalDataset {
-    data: SarOptical,
-    split: Split,
-}
+pub type SarOpticalDataset = SplitDataset<SarOptical>;
 
-impl SarOpticalDataset {
-    /// The underlying dataset.
-    pub fn sar_optical(&self) -> &SarOptical {
-        &self.data
+impl Procedural for SarOptical {
+    fn split_len(&self, split: Split) -> usize {
+        self.len(split)
     }
 
-    /// Which split this is.
-    pub fn which(&self) -> Split {
-        self.split
-    }
-}
-
-impl Dataset for SarOpticalDataset {
-    fn len(&self) -> usize {
-        self.data.len(self.split)
+    fn render(&self, split: Split, index: usize) -> Sample {
+        self.get(split, index)
     }
 
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        let len = self.len();
-        if index >= len {
-            return Err(DataError::IndexOutOfRange { index, len });
-        }
-        Ok(self.data.get(self.split, index))
-    }
-
-    fn num_classes(&self) -> usize {
-        self.data.classes()
+    fn class_count(&self) -> usize {
+        self.classes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::loader::Dataset;
 
     fn data(looks: f32, seed: u64) -> SarOptical {
         SarOptical::new(SarOpticalConfig {
@@ -572,7 +551,7 @@ mod tests {
             ds.get(14),
             Err(DataError::IndexOutOfRange { index: 14, len: 14 })
         ));
-        assert_eq!(ds.sar_optical().class_names()[5], "bare_soil");
+        assert_eq!(ds.source().class_names()[5], "bare_soil");
     }
 
     #[test]

@@ -19,7 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::augment::uniform;
-use super::loader::{DataError, Dataset, Sample, mix_seed};
+use super::loader::{DataError, Sample, mix_seed};
+use super::procedural::{Procedural, SplitDataset};
 use super::shapes::{ShapeKind, Split};
 use super::views::Image;
 
@@ -241,10 +242,7 @@ impl Scenes {
 
     /// One split as a [`Dataset`].
     pub fn split(&self, split: Split) -> ScenesDataset {
-        ScenesDataset {
-            scenes: self.clone(),
-            split,
-        }
+        SplitDataset::new(self.clone(), split)
     }
 
     /// The sample and whether a layout passed the visibility check (false: fallback).
@@ -422,45 +420,26 @@ impl Canvas {
 }
 
 /// One split of [`Scenes`], usable by the loader.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScenesDataset {
-    scenes: Scenes,
-    split: Split,
-}
+pub type ScenesDataset = SplitDataset<Scenes>;
 
-impl ScenesDataset {
-    /// The underlying dataset.
-    pub fn scenes(&self) -> &Scenes {
-        &self.scenes
+impl Procedural for Scenes {
+    fn split_len(&self, split: Split) -> usize {
+        self.len(split)
     }
 
-    /// Which split this is.
-    pub fn which(&self) -> Split {
-        self.split
-    }
-}
-
-impl Dataset for ScenesDataset {
-    fn len(&self) -> usize {
-        self.scenes.len(self.split)
+    fn render(&self, split: Split, index: usize) -> Sample {
+        self.get(split, index)
     }
 
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        let len = self.len();
-        if index >= len {
-            return Err(DataError::IndexOutOfRange { index, len });
-        }
-        Ok(self.scenes.get(self.split, index))
-    }
-
-    fn num_classes(&self) -> usize {
-        self.scenes.classes()
+    fn class_count(&self) -> usize {
+        self.classes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::loader::Dataset;
 
     fn small(seed: u64) -> Scenes {
         Scenes::new(ScenesConfig {
@@ -565,7 +544,7 @@ mod tests {
             Err(DataError::IndexOutOfRange { index: 48, len: 48 })
         ));
         assert_eq!(ds.num_classes(), 6);
-        assert_eq!(ds.scenes().class_names()[..2], ["circle", "square"]);
+        assert_eq!(ds.source().class_names()[..2], ["circle", "square"]);
         assert_eq!(small(3).split(Split::Val).len(), 12);
     }
 

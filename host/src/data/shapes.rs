@@ -19,7 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::augment::uniform;
-use super::loader::{DataError, Dataset, Sample, mix_seed};
+use super::loader::{DataError, Sample, mix_seed};
+use super::procedural::{Procedural, SplitDataset};
 use super::views::Image;
 
 /// Shapes dataset settings, as in a workspace: `Shapes((classes: 6, images: 2000, ...))`.
@@ -367,53 +368,31 @@ impl Shapes {
 
     /// One split as a [`Dataset`].
     pub fn split(&self, split: Split) -> ShapesDataset {
-        ShapesDataset {
-            shapes: self.clone(),
-            split,
-        }
+        SplitDataset::new(self.clone(), split)
     }
 }
 
 /// One split of [`Shapes`], usable by the loader.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ShapesDataset {
-    shapes: Shapes,
-    split: Split,
-}
+pub type ShapesDataset = SplitDataset<Shapes>;
 
-impl ShapesDataset {
-    /// The underlying dataset.
-    pub fn shapes(&self) -> &Shapes {
-        &self.shapes
+impl Procedural for Shapes {
+    fn split_len(&self, split: Split) -> usize {
+        self.len(split)
     }
 
-    /// Which split this is.
-    pub fn which(&self) -> Split {
-        self.split
-    }
-}
-
-impl Dataset for ShapesDataset {
-    fn len(&self) -> usize {
-        self.shapes.len(self.split)
+    fn render(&self, split: Split, index: usize) -> Sample {
+        self.get(split, index)
     }
 
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        let len = self.len();
-        if index >= len {
-            return Err(DataError::IndexOutOfRange { index, len });
-        }
-        Ok(self.shapes.get(self.split, index))
-    }
-
-    fn num_classes(&self) -> usize {
-        self.shapes.classes()
+    fn class_count(&self) -> usize {
+        self.classes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::loader::Dataset;
 
     fn shapes(classes: usize, seed: u64) -> Shapes {
         Shapes::new(ShapesConfig {
