@@ -1,6 +1,8 @@
 //! `patchwork bench` (train-step throughput, plugin path vs the same model compiled
-//! natively into the host) and `patchwork embed` (CLS features to safetensors).
+//! natively into the host), `patchwork bench data` (loader vs train step) and
+//! `patchwork embed` (CLS features to safetensors).
 
+pub mod data;
 pub mod embed;
 pub mod native;
 pub mod train;

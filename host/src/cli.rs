@@ -184,8 +184,13 @@ fn check(file: &Path, extra: &[PathBuf]) -> Result<()> {
         ws.sessions.len(),
         ws.data.len()
     );
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    let cache = crate::session::runner::cache_dir(&ws, file);
     for (name, src) in &ws.data {
-        println!("  data '{name}': {src:?}");
+        let summary = crate::data::source::open_splits(src, base_dir, Some(&cache))
+            .and_then(|s| s.summary())
+            .with_context(|| format!("{}: data source '{name}'", file.display()))?;
+        println!("  data '{name}': {} — {summary}", src.kind());
     }
     Ok(())
 }
@@ -348,17 +353,9 @@ impl Printer {
 fn preview(file: &Path, source: &str, out: &Path, rows: usize, seed: u64) -> Result<()> {
     use crate::data::{preview, views};
     let (ws, _) = load_workspace(file)?;
-    let data = crate::session::runner::open_source(&ws, source)
-        .with_context(|| format!("opening data source '{source}'"))?;
+    let data = crate::session::runner::open_source(&ws, source, file)?;
     let specs = views::dino_default(data.size, 4, (data.size / 2).max(1));
-    let grid = preview::preview_grid(
-        data.train.as_ref(),
-        &specs,
-        views::IMAGENET_MEAN,
-        views::IMAGENET_STD,
-        rows,
-        seed,
-    )?;
+    let grid = preview::preview_grid(data.train.as_ref(), &specs, &data.stats, rows, seed)?;
     preview::write_preview(&grid, out)?;
     println!(
         "wrote '{}': {rows} rows of raw image + 2 global + 4 local DINO views",

@@ -12,5 +12,6 @@ pub mod procedural;
 pub mod sar_optical;
 pub mod scenes;
 pub mod shapes;
+pub mod source;
 pub mod stats;
 pub mod views;

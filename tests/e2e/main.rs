@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod boundary;
+mod data;
 mod gradients;
 mod plugins;
 mod quickstart;

@@ -13,14 +13,17 @@ use patchwork_plugin_api::abi::{ForwardOpts, PluginKind};
 
 use crate::{
     cli::plugin_dirs,
-    data::{image_folder, views::normalize_rgb},
+    data::{
+        augment::normalize,
+        image_folder,
+        stats::{IMAGENET_MEAN, IMAGENET_STD},
+    },
     engine::{
         checkpoint::{self, Checkpoint},
         context::{self, HostContext},
         host_ops, registry,
     },
     plugins::PluginRegistry,
-    session::pretrain::{IMAGENET_MEAN, IMAGENET_STD},
     workspace::schema,
 };
 
@@ -162,10 +165,10 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
             for f in chunk {
                 let img = image_folder::load_image(f)?;
                 data.extend(
-                    normalize_rgb(
+                    normalize(
                         &image_folder::eval_transform(&img, size),
-                        IMAGENET_MEAN,
-                        IMAGENET_STD,
+                        &IMAGENET_MEAN,
+                        &IMAGENET_STD,
                     )
                     .data,
                 );

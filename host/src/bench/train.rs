@@ -23,7 +23,7 @@ use crate::{
 /// Arguments of `patchwork bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure (only `train` for now).
+    /// What to measure: `train` (plugin vs native step) or `data` (loader vs step).
     #[arg(default_value = "train")]
     pub what: String,
     /// Timed steps per round and path.
@@ -44,16 +44,16 @@ pub struct BenchArgs {
 pub fn quickstart_model() -> NativeConfig {
     NativeConfig {
         img_size: 32,
-        patch_size: 4,
-        embed_dim: 128,
-        depth: 6,
-        num_heads: 4,
+        patch_size: 8,
+        embed_dim: 96,
+        depth: 4,
+        num_heads: 3,
         mlp_ratio: 4.0,
-        out_dim: 1024,
-        hidden_dim: 512,
-        bottleneck_dim: 128,
+        out_dim: 512,
+        hidden_dim: 256,
+        bottleneck_dim: 64,
         global_crops: 2,
-        local_crops: 4,
+        local_crops: 0,
         local_size: 16,
         drop_path_rate: 0.1,
     }
@@ -71,7 +71,8 @@ fn plugin_configs(m: &NativeConfig) -> (String, String) {
     (vit, dino)
 }
 
-fn views(m: &NativeConfig, batch: usize) -> Result<Vec<Tensor>> {
+/// Random inputs for every view position of `m`.
+pub(super) fn views(m: &NativeConfig, batch: usize) -> Result<Vec<Tensor>> {
     let mut out = Vec::new();
     for i in 0..m.global_crops + m.local_crops {
         let s = if i < m.global_crops {
@@ -85,7 +86,7 @@ fn views(m: &NativeConfig, batch: usize) -> Result<Vec<Tensor>> {
 }
 
 /// The plugin path: one DINO instance over the vit plugin, stepped like a session.
-struct PluginPath<'a> {
+pub(super) struct PluginPath<'a> {
     dino: &'a LoadedPlugin,
     instance: InstanceId,
     vars: Vec<Var>,
@@ -94,7 +95,12 @@ struct PluginPath<'a> {
 }
 
 impl<'a> PluginPath<'a> {
-    fn new(vit: &'a LoadedPlugin, dino: &'a LoadedPlugin, m: &NativeConfig) -> Result<Self> {
+    /// A DINO instance over the vit plugin, configured like `m`.
+    pub(super) fn new(
+        vit: &'a LoadedPlugin,
+        dino: &'a LoadedPlugin,
+        m: &NativeConfig,
+    ) -> Result<Self> {
         let (vit_cfg, dino_cfg) = plugin_configs(m);
         let mut ctx = HostContext::new(Device::Cpu, 0);
         ctx.backbone = Some(BackboneSource {
@@ -125,7 +131,8 @@ impl<'a> PluginPath<'a> {
         })
     }
 
-    fn train_step(&mut self, views: &[Tensor]) -> Result<f32> {
+    /// One step: forward, backward, clip, AdamW, EMA; returns the loss.
+    pub(super) fn train_step(&mut self, views: &[Tensor]) -> Result<f32> {
         let ids: Vec<_> = views.iter().map(|v| registry::insert(v.clone())).collect();
         let abi = BatchAbi {
             views: RVec::from(ids.clone()),
@@ -164,8 +171,10 @@ impl Drop for PluginPath<'_> {
 
 /// Runs `patchwork bench`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    if args.what != "train" {
-        anyhow::bail!("unknown benchmark '{}' (available: train)", args.what);
+    match args.what.as_str() {
+        "train" => {}
+        "data" => return super::data::bench_data(args),
+        other => anyhow::bail!("unknown benchmark '{other}' (available: train, data)"),
     }
     let registry = PluginRegistry::discover(&plugin_dirs(&args.plugin_dirs));
     let vit = registry.require("vit", PluginKind::BACKBONE)?;

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::corrupt::{CorruptCount, OnCorrupt};
 use super::loader::{DataError, Dataset, Sample};
+use super::stats::Normalize;
 use super::views::Image;
 
 /// `Arrays((path: "bands/", labels: Some("bands/labels.csv"), val_fraction: 0.2))`.
@@ -57,6 +58,9 @@ pub struct ArraysConfig {
     /// What to do with a corrupt `.npy` file (a safetensors file is all or nothing).
     #[serde(default)]
     pub on_corrupt: OnCorrupt,
+    /// Channel normalisation (default `Auto`: ImageNet for RGB, computed otherwise).
+    #[serde(default)]
+    pub normalize: Normalize,
 }
 
 fn default_key() -> String {
@@ -79,6 +83,7 @@ impl ArraysConfig {
             val_fraction: default_val_fraction(),
             seed: 0,
             on_corrupt: OnCorrupt::default(),
+            normalize: Normalize::Auto,
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::corrupt::{CorruptCount, OnCorrupt};
 use super::loader::{DataError, Dataset, Sample};
+use super::stats::Normalize;
 use super::views::Image;
 
 /// Image side in pixels.
@@ -67,6 +68,9 @@ pub struct CifarConfig {
     /// What to do with a partial record or an out-of-range label.
     #[serde(default)]
     pub on_corrupt: OnCorrupt,
+    /// Channel normalisation (default `Auto`: ImageNet for RGB, computed otherwise).
+    #[serde(default)]
+    pub normalize: Normalize,
 }
 
 impl CifarConfig {
@@ -77,6 +81,7 @@ impl CifarConfig {
             variant: CifarVariant::default(),
             labels: CifarLabels::default(),
             on_corrupt: OnCorrupt::default(),
+            normalize: Normalize::Auto,
         }
     }
 

@@ -17,8 +17,10 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::augment::normalize;
 use super::image_folder::eval_transform;
-use super::views::{Image, ViewSpec, make_views, normalize_rgb};
+use super::stats::ChannelStats;
+use super::views::{Image, ViewSpec, make_views};
 
 /// Errors from datasets, image files and the loader.
 #[derive(Debug, thiserror::Error)]
@@ -189,28 +191,28 @@ pub enum Transform {
     Views {
         /// The view specs, in output order.
         specs: Vec<ViewSpec>,
-        /// Per-channel mean.
-        mean: [f32; 3],
-        /// Per-channel standard deviation.
-        std: [f32; 3],
+        /// Per-channel normalisation.
+        stats: ChannelStats,
     },
     /// One deterministic view ([`eval_transform`]), normalised.
     Eval {
         /// Output side in pixels.
         size: usize,
-        /// Per-channel mean.
-        mean: [f32; 3],
-        /// Per-channel standard deviation.
-        std: [f32; 3],
+        /// Per-channel normalisation.
+        stats: ChannelStats,
     },
 }
 
 impl Transform {
     fn apply(&self, image: &Image, rng: &mut ChaCha8Rng) -> Vec<Image> {
         match self {
-            Self::Views { specs, mean, std } => make_views(image, specs, *mean, *std, rng),
-            Self::Eval { size, mean, std } => {
-                vec![normalize_rgb(&eval_transform(image, *size), *mean, *std)]
+            Self::Views { specs, stats } => make_views(image, specs, stats, rng),
+            Self::Eval { size, stats } => {
+                vec![normalize(
+                    &eval_transform(image, *size),
+                    &stats.mean,
+                    &stats.std,
+                )]
             }
         }
     }
@@ -511,7 +513,8 @@ impl Drop for Loader {
 mod tests {
     use super::*;
     use crate::data::shapes::{Shapes, ShapesConfig, Split};
-    use crate::data::views::{IMAGENET_MEAN, IMAGENET_STD, dino_default};
+    use crate::data::stats::ChannelStats;
+    use crate::data::views::dino_default;
 
     fn shapes(images: usize) -> Arc<dyn Dataset> {
         let cfg = ShapesConfig {
@@ -530,8 +533,7 @@ mod tests {
     fn views() -> Transform {
         Transform::Views {
             specs: dino_default(16, 2, 8),
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
+            stats: ChannelStats::imagenet(),
         }
     }
 
@@ -566,6 +568,69 @@ mod tests {
         assert_eq!(first.labels.len(), 6);
         for (&i, &l) in first.indices.iter().zip(&first.labels) {
             assert_eq!(l as usize, ds_label(i));
+        }
+    }
+
+    #[test]
+    fn every_procedural_dataset_batches_identically_across_worker_counts() {
+        use crate::data::domains::{Domain, Domains, DomainsConfig};
+        use crate::data::sar_optical::{SarOptical, SarOpticalConfig};
+        use crate::data::scenes::{Scenes, ScenesConfig};
+        let (images, val_images, size) = (20, 4, 24);
+        let sets: Vec<(Arc<dyn Dataset>, usize)> = vec![
+            (
+                Arc::new(
+                    Scenes::new(ScenesConfig {
+                        images,
+                        val_images,
+                        size,
+                        ..ScenesConfig::default()
+                    })
+                    .unwrap()
+                    .split(Split::Train),
+                ),
+                3,
+            ),
+            (
+                Arc::new(
+                    Domains::new(DomainsConfig {
+                        images,
+                        val_images,
+                        size,
+                        ..DomainsConfig::default()
+                    })
+                    .unwrap()
+                    .split(Domain::Target, Split::Train),
+                ),
+                3,
+            ),
+            (
+                Arc::new(
+                    SarOptical::new(SarOpticalConfig {
+                        images,
+                        val_images,
+                        size,
+                        ..SarOpticalConfig::default()
+                    })
+                    .unwrap()
+                    .split(Split::Train),
+                ),
+                5,
+            ),
+        ];
+        for (ds, channels) in sets {
+            let stats = crate::data::stats::channel_stats(ds.as_ref(), 64).unwrap();
+            let t = || Transform::Views {
+                specs: dino_default(16, 2, 8),
+                stats: stats.clone(),
+            };
+            let one = collect(Loader::start(ds.clone(), &config(1, 4), t(), 2, 0).unwrap());
+            let two = collect(Loader::start(ds.clone(), &config(2, 4), t(), 2, 0).unwrap());
+            assert_eq!(one.len(), 5);
+            assert_eq!(one, two, "{channels}-channel data");
+            assert_eq!(one[0].views[0].shape, [4, channels, 16, 16]);
+            let again = collect(Loader::start(ds, &config(2, 4), t(), 2, 0).unwrap());
+            assert_eq!(one, again, "same seed, same batches across runs");
         }
     }
 
@@ -612,8 +677,7 @@ mod tests {
         };
         let eval = Transform::Eval {
             size: 16,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
+            stats: ChannelStats::imagenet(),
         };
         let batches = collect(Loader::start(ds, &cfg, eval, 0, 0).unwrap());
         assert_eq!(batches.len(), 3);
@@ -658,8 +722,10 @@ mod tests {
         };
         let eval = Transform::Eval {
             size: 8,
-            mean: [0.5; 3],
-            std: [0.5; 3],
+            stats: ChannelStats {
+                mean: vec![0.5; 3],
+                std: vec![0.5; 3],
+            },
         };
         let results: Vec<_> = Loader::start(Arc::new(Failing), &cfg, eval, 0, 0)
             .unwrap()

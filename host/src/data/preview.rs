@@ -6,6 +6,7 @@ use std::path::Path;
 use rand_chacha::ChaCha8Rng;
 
 use super::loader::{DataError, Dataset, sample_rng};
+use super::stats::ChannelStats;
 use super::views::{Image, ViewSpec, make_views};
 
 /// Gap between cells, in pixels.
@@ -18,8 +19,7 @@ const GAP: usize = 2;
 pub fn preview_grid(
     data: &dyn Dataset,
     specs: &[ViewSpec],
-    mean: [f32; 3],
-    std: [f32; 3],
+    stats: &ChannelStats,
     rows: usize,
     seed: u64,
 ) -> Result<image::RgbImage, DataError> {
@@ -34,9 +34,13 @@ pub fn preview_grid(
         let index = (r * step).min(n - 1);
         let sample = data.get(index)?;
         let mut rng: ChaCha8Rng = sample_rng(seed, 0, index);
-        let views = make_views(&sample.image, specs, mean, std, &mut rng);
+        let views = make_views(&sample.image, specs, stats, &mut rng);
         let mut row = vec![sample.image.clone()];
-        row.extend(views.iter().map(|v| denormalize(v, &mean, &std)));
+        row.extend(
+            views
+                .iter()
+                .map(|v| denormalize(v, &stats.mean, &stats.std)),
+        );
         table.push(row);
     }
     let cell = table
@@ -100,7 +104,8 @@ fn rgb_at(img: &Image, y: usize, x: usize) -> [u8; 3] {
 mod tests {
     use super::*;
     use crate::data::shapes::{Shapes, ShapesConfig, Split};
-    use crate::data::views::{IMAGENET_MEAN, IMAGENET_STD, dino_default};
+    use crate::data::stats::{ChannelStats, IMAGENET_MEAN, IMAGENET_STD};
+    use crate::data::views::dino_default;
 
     #[test]
     fn grid_has_a_cell_per_image_and_view() {
@@ -112,7 +117,7 @@ mod tests {
         .unwrap();
         let ds = shapes.split(Split::Train);
         let specs = dino_default(16, 2, 8);
-        let grid = preview_grid(&ds, &specs, IMAGENET_MEAN, IMAGENET_STD, 3, 0).unwrap();
+        let grid = preview_grid(&ds, &specs, &ChannelStats::imagenet(), 3, 0).unwrap();
         // 3 rows; raw + 2 globals + 2 locals = 5 columns of 16 px cells.
         assert_eq!(
             grid.dimensions(),

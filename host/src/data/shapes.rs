@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::augment::uniform;
 use super::loader::{DataError, Sample, mix_seed};
 use super::procedural::{Procedural, SplitDataset};
+use super::stats::Normalize;
 use super::views::Image;
 
 /// Shapes dataset settings, as in a workspace: `Shapes((classes: 6, images: 2000, ...))`.
@@ -41,6 +42,9 @@ pub struct ShapesConfig {
     pub palette: usize,
     /// Plain backgrounds: one colour plus pixel noise, without gradient or stripes.
     pub plain: bool,
+    /// Channel normalisation (default `Auto`: ImageNet for RGB, computed otherwise).
+    #[serde(default)]
+    pub normalize: Normalize,
 }
 
 impl Default for ShapesConfig {
@@ -53,6 +57,7 @@ impl Default for ShapesConfig {
             seed: 0,
             palette: 0,
             plain: false,
+            normalize: Normalize::Auto,
         }
     }
 }

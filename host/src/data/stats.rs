@@ -13,11 +13,98 @@ use super::loader::{DataError, Dataset};
 
 /// Per-channel statistics of a dataset's images, in `[0, 1]` pixel units.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChannelStats {
     /// Mean of each channel.
     pub mean: Vec<f32>,
     /// Population standard deviation of each channel.
     pub std: Vec<f32>,
+}
+
+/// ImageNet channel means (RGB), as used by DINO and MAE.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (RGB).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+impl ChannelStats {
+    /// The ImageNet RGB statistics.
+    pub fn imagenet() -> Self {
+        Self {
+            mean: IMAGENET_MEAN.to_vec(),
+            std: IMAGENET_STD.to_vec(),
+        }
+    }
+
+    /// Checks that there is one finite mean and one finite positive std per channel.
+    pub fn validate(&self, channels: usize) -> Result<(), DataError> {
+        if self.mean.len() != channels || self.std.len() != channels {
+            return Err(DataError::InvalidConfig {
+                field: "normalize",
+                value: format!("{} means and {} stds", self.mean.len(), self.std.len()),
+                reason: "needs one mean and one std per image channel",
+            });
+        }
+        if let Some(bad) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(DataError::InvalidConfig {
+                field: "normalize.std",
+                value: bad.to_string(),
+                reason: "every std must be finite and positive (a constant channel has std 0)",
+            });
+        }
+        if let Some(bad) = self.mean.iter().find(|m| !m.is_finite()) {
+            return Err(DataError::InvalidConfig {
+                field: "normalize.mean",
+                value: bad.to_string(),
+                reason: "every mean must be finite",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How a data source's images are normalised (`normalize:` in the workspace).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum Normalize {
+    /// ImageNet statistics for 3-channel images; computed statistics otherwise.
+    #[default]
+    Auto,
+    /// ImageNet RGB statistics (3-channel images only).
+    Imagenet,
+    /// Per-channel statistics of the training split, computed once and cached.
+    Computed,
+    /// Statistics given in the workspace: `Given((mean: [..], std: [..]))`.
+    Given(ChannelStats),
+}
+
+/// Images the statistics are computed from when [`Normalize::Computed`].
+pub const STATS_SAMPLES: usize = 2048;
+
+/// The statistics `normalize` asks for, for images of `channels` channels: computed
+/// from `train` (cached at `cache` under `fingerprint`) when needed, then validated.
+pub fn resolve(
+    normalize: &Normalize,
+    channels: usize,
+    train: &dyn Dataset,
+    cache: Option<(&Path, &str)>,
+) -> Result<ChannelStats, DataError> {
+    let stats = match normalize {
+        Normalize::Imagenet if channels != 3 => {
+            return Err(DataError::InvalidConfig {
+                field: "normalize",
+                value: format!("Imagenet for {channels}-channel images"),
+                reason: "ImageNet statistics are for RGB images; use Computed or Given",
+            });
+        }
+        Normalize::Auto if channels == 3 => ChannelStats::imagenet(),
+        Normalize::Imagenet => ChannelStats::imagenet(),
+        Normalize::Auto | Normalize::Computed => match cache {
+            Some((path, fingerprint)) => cached_stats(train, path, fingerprint, STATS_SAMPLES)?,
+            None => channel_stats(train, STATS_SAMPLES)?,
+        },
+        Normalize::Given(stats) => stats.clone(),
+    };
+    stats.validate(channels)?;
+    Ok(stats)
 }
 
 /// The cache file: the statistics and the fingerprint of the data they describe.
@@ -294,5 +381,35 @@ mod tests {
         );
         let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1, "the temporary file is renamed away");
+    }
+
+    #[test]
+    fn normalize_policies_resolve_and_validate() {
+        let rgb = Constant(vec![vec![0.2, 0.4, 0.6], vec![0.4, 0.6, 0.8]]);
+        let auto = resolve(&Normalize::Auto, 3, &rgb, None).unwrap();
+        assert_eq!(auto, ChannelStats::imagenet());
+        let computed = resolve(&Normalize::Computed, 3, &rgb, None).unwrap();
+        assert!((computed.mean[0] - 0.3).abs() < 1e-6, "{computed:?}");
+        assert!((computed.std[2] - 0.1).abs() < 1e-6, "{computed:?}");
+
+        // Multi-band data: Auto computes, Imagenet is refused with the channel count.
+        let bands = Constant(vec![vec![0.1, 0.5], vec![0.3, 0.9]]);
+        let auto = resolve(&Normalize::Auto, 2, &bands, None).unwrap();
+        assert_eq!(auto.mean.len(), 2);
+        let err = resolve(&Normalize::Imagenet, 2, &bands, None).unwrap_err();
+        assert!(err.to_string().contains("2-channel"), "{err}");
+
+        // Given statistics must match the channels and have positive stds.
+        let given: Normalize = ron::from_str("Given((mean: [0.5, 0.5], std: [0.2, 0.0]))").unwrap();
+        let err = resolve(&given, 2, &bands, None).unwrap_err();
+        assert!(err.to_string().contains("positive"), "{err}");
+        let err = resolve(&given, 3, &rgb, None).unwrap_err();
+        assert!(
+            err.to_string().contains("one mean and one std per"),
+            "{err}"
+        );
+        // A constant channel cannot be computed into a usable std either.
+        let flat = Constant(vec![vec![0.5], vec![0.5]]);
+        assert!(resolve(&Normalize::Computed, 1, &flat, None).is_err());
     }
 }

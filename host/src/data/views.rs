@@ -8,11 +8,7 @@ use super::augment::{
     uniform,
 };
 use super::loader::DataError;
-
-/// ImageNet channel means (RGB), as used by DINO and MAE.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// ImageNet channel standard deviations (RGB).
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+use super::stats::ChannelStats;
 
 /// A CPU image: `channels x height x width`, row-major (CHW), values in `[0, 1]`
 /// before normalisation.
@@ -207,14 +203,17 @@ pub fn dino_default(global_size: usize, local_count: usize, local_size: usize) -
 }
 
 /// Renders the views of `specs` in order (spec 0's `count` views first), each
-/// RandomResizedCrop (bicubic) → flip → jitter → grayscale → blur → solarize → normalise.
+/// RandomResizedCrop (bicubic) → flip → jitter → grayscale → blur → solarize →
+/// normalise with `stats`. Channel-aware: the photometric ops (jitter, grayscale,
+/// blur, solarize) apply to 3-channel RGB images only; other images (multi-band
+/// SAR/optical stacks) get the geometric ops and per-band normalisation.
 pub fn make_views<R: Rng + ?Sized>(
     img: &Image,
     specs: &[ViewSpec],
-    mean: [f32; 3],
-    std: [f32; 3],
+    stats: &ChannelStats,
     rng: &mut R,
 ) -> Vec<Image> {
+    let rgb = img.channels == 3;
     let total = specs.iter().map(|s| s.count).sum();
     let mut out = Vec::with_capacity(total);
     for spec in specs {
@@ -223,28 +222,31 @@ pub fn make_views<R: Rng + ?Sized>(
             if rng.random::<f32>() < spec.flip_p {
                 v = hflip(&v);
             }
-            if rng.random::<f32>() < spec.jitter_p {
-                v = color_jitter(&v, 0.4, 0.4, 0.2, 0.1, rng);
+            if rgb {
+                v = photometric(v, spec, rng);
             }
-            if rng.random::<f32>() < spec.gray_p {
-                v = grayscale(&v);
-            }
-            if rng.random::<f32>() < spec.blur_p {
-                let sigma = uniform(rng, spec.blur_sigma.0, spec.blur_sigma.1);
-                v = gaussian_blur(&v, sigma);
-            }
-            if rng.random::<f32>() < spec.solarize_p {
-                v = solarize(&v, 0.5);
-            }
-            out.push(normalize(&v, &mean, &std));
+            out.push(normalize(&v, &stats.mean, &stats.std));
         }
     }
     out
 }
 
-/// Normalises with 3-value statistics (see [`normalize`] for other channel counts).
-pub fn normalize_rgb(img: &Image, mean: [f32; 3], std: [f32; 3]) -> Image {
-    normalize(img, &mean, &std)
+/// DINO's colour pipeline on an RGB view: jitter, grayscale, blur, solarize.
+fn photometric<R: Rng + ?Sized>(mut v: Image, spec: &ViewSpec, rng: &mut R) -> Image {
+    if rng.random::<f32>() < spec.jitter_p {
+        v = color_jitter(&v, 0.4, 0.4, 0.2, 0.1, rng);
+    }
+    if rng.random::<f32>() < spec.gray_p {
+        v = grayscale(&v);
+    }
+    if rng.random::<f32>() < spec.blur_p {
+        let sigma = uniform(rng, spec.blur_sigma.0, spec.blur_sigma.1);
+        v = gaussian_blur(&v, sigma);
+    }
+    if rng.random::<f32>() < spec.solarize_p {
+        v = solarize(&v, 0.5);
+    }
+    v
 }
 
 #[cfg(test)]
@@ -281,7 +283,7 @@ mod tests {
         let img = ramp(40);
         let specs = dino_default(24, 3, 12);
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let views = make_views(&img, &specs, IMAGENET_MEAN, IMAGENET_STD, &mut rng);
+        let views = make_views(&img, &specs, &ChannelStats::imagenet(), &mut rng);
         let sizes: Vec<usize> = views.iter().map(|v| v.height).collect();
         assert_eq!(sizes, vec![24, 24, 12, 12, 12]);
         let lo = (0.0 - 0.485) / 0.229 - 1e-4;
@@ -293,8 +295,43 @@ mod tests {
         let mut again = ChaCha8Rng::seed_from_u64(1);
         assert_eq!(
             views,
-            make_views(&img, &specs, IMAGENET_MEAN, IMAGENET_STD, &mut again)
+            make_views(&img, &specs, &ChannelStats::imagenet(), &mut again)
         );
+    }
+
+    #[test]
+    fn multi_band_views_get_geometric_ops_and_per_band_normalisation() {
+        // Five bands, each a constant: crops and flips keep every band constant, so
+        // after normalisation band c is exactly (value - mean) / std, whatever the
+        // photometric probabilities say.
+        let values = [0.1f32, 0.3, 0.5, 0.7, 0.9];
+        let plane = 16 * 16;
+        let data = values.iter().flat_map(|&v| vec![v; plane]).collect();
+        let img = Image::new(5, 16, 16, data).unwrap();
+        let stats = ChannelStats {
+            mean: vec![0.1, 0.2, 0.3, 0.4, 0.5],
+            std: vec![0.5; 5],
+        };
+        let specs: Vec<ViewSpec> = dino_default(8, 2, 4)
+            .into_iter()
+            .map(|s| ViewSpec {
+                jitter_p: 1.0,
+                gray_p: 1.0,
+                blur_p: 1.0,
+                solarize_p: 1.0,
+                ..s
+            })
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let views = make_views(&img, &specs, &stats, &mut rng);
+        assert_eq!(views.len(), 4);
+        for v in &views {
+            assert_eq!(v.channels, 5);
+            for (c, band) in v.data.chunks_exact(v.plane()).enumerate() {
+                let want = (values[c] - stats.mean[c]) / stats.std[c];
+                assert!(band.iter().all(|x| (x - want).abs() < 1e-5), "band {c}");
+            }
+        }
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub enum SessionError {
     /// Data loading failed.
     #[error(transparent)]
     Data(#[from] crate::data::loader::DataError),
+    /// A data source of the workspace could not be opened.
+    #[error("data source '{name}': {source}")]
+    DataSource {
+        /// The source's name in the workspace.
+        name: String,
+        /// Why.
+        source: crate::data::loader::DataError,
+    },
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] crate::engine::checkpoint::CheckpointError),

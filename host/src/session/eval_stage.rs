@@ -8,19 +8,23 @@ use patchwork_plugin_api::abi::{ForwardOpts, InstanceId};
 
 use super::{SessionError, plugin_call::check};
 use crate::{
-    data::loader::{Dataset, Loader, LoaderConfig, Transform},
+    data::{
+        loader::{Dataset, Loader, LoaderConfig, Transform},
+        source::Data,
+        stats::ChannelStats,
+    },
     engine::{context, registry},
     eval::knn::knn_accuracy,
     plugins::LoadedPlugin,
 };
 
-use super::pretrain::{IMAGENET_MEAN, IMAGENET_STD};
-
-/// CLS features `(N, D)` and labels of every image of `data`, in dataset order.
+/// CLS features `(N, D)` and labels of every image of `data`, in dataset order, each
+/// image resized, centre-cropped to `size` and normalised with `stats`.
 pub fn extract(
     backbone: &BackboneInstance<'_>,
     data: Arc<dyn Dataset>,
     size: usize,
+    stats: &ChannelStats,
 ) -> Result<(Tensor, Vec<u32>), SessionError> {
     let (plugin, instance) = (backbone.plugin, backbone.instance);
     let cfg = LoaderConfig {
@@ -34,8 +38,7 @@ pub fn extract(
         &cfg,
         Transform::Eval {
             size,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
+            stats: stats.clone(),
         },
         0,
         0,
@@ -83,21 +86,23 @@ pub struct BackboneInstance<'a> {
 /// Weighted k-NN accuracy of `backbone` features, train split as the bank.
 pub fn knn(
     backbone: &BackboneInstance<'_>,
-    train: Arc<dyn Dataset>,
-    val: Arc<dyn Dataset>,
-    size: usize,
-    classes: usize,
+    data: &Data,
     k: usize,
     temperature: f64,
 ) -> Result<f64, SessionError> {
-    let (bank, bank_labels) = extract(backbone, train, size)?;
-    let (test, test_labels) = extract(backbone, val, size)?;
+    if data.classes == 0 {
+        return Err(SessionError::Unsupported(
+            "k-NN evaluation needs labelled data; this data source has no classes".into(),
+        ));
+    }
+    let (bank, bank_labels) = extract(backbone, data.train.clone(), data.size, &data.stats)?;
+    let (test, test_labels) = extract(backbone, data.val.clone(), data.size, &data.stats)?;
     Ok(knn_accuracy(
         &bank,
         &bank_labels,
         &test,
         &test_labels,
-        classes,
+        data.classes,
         k,
         temperature,
     )?)

@@ -18,6 +18,7 @@ use super::{SessionError, SessionEvent, plugin_call::check};
 use crate::{
     data::{
         loader::{Dataset, Loader, LoaderConfig, Transform, batches_per_epoch},
+        stats::ChannelStats,
         views::ViewSpec,
     },
     engine::{
@@ -29,11 +30,6 @@ use crate::{
     plugins::LoadedPlugin,
     workspace::schema::{Optimizer, PretrainStage},
 };
-
-/// ImageNet statistics, DINO's normalisation.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// ImageNet standard deviations.
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// The optimizer of a stage, with its state saved in checkpoints.
 enum Optim {
@@ -121,6 +117,8 @@ pub struct StageEnv<'a> {
     pub stage: &'a PretrainStage,
     /// Training split.
     pub train: Arc<dyn Dataset>,
+    /// The normalisation of every view.
+    pub stats: ChannelStats,
     /// Session seed.
     pub seed: u64,
     /// Steps between checkpoints (0 = once per epoch).
@@ -364,8 +362,7 @@ pub fn run(
             &loader_cfg,
             Transform::Views {
                 specs: specs.clone(),
-                mean: IMAGENET_MEAN,
-                std: IMAGENET_STD,
+                stats: env.stats.clone(),
             },
             epoch,
             start_batch,

@@ -13,6 +13,11 @@ pub struct ReportData {
     pub backbone: String,
     /// Pretext plugin, if any.
     pub task: Option<String>,
+    /// The data source: name, kind and shape.
+    pub data: String,
+    /// Corrupt files or records skipped (`on_corrupt: Skip`), e.g.
+    /// `"2 corrupt items skipped (a.png, b.png)"`; `None` when none were.
+    pub skipped: Option<String>,
     /// Mean loss of each epoch.
     pub epoch_losses: Vec<f64>,
     /// Per-epoch means of the task's metrics (the last epochs, when resumed).
@@ -47,6 +52,12 @@ pub fn render(d: &ReportData) -> String {
     let _ = writeln!(s, "- backbone: {}", d.backbone);
     if let Some(t) = &d.task {
         let _ = writeln!(s, "- pretext task: {t}");
+    }
+    if !d.data.is_empty() {
+        let _ = writeln!(s, "- data: {}", d.data);
+    }
+    if let Some(skipped) = &d.skipped {
+        let _ = writeln!(s, "- skipped: {skipped}");
     }
     let _ = writeln!(
         s,
@@ -132,6 +143,22 @@ mod tests {
         let text = render(&d);
         assert!(text.contains("Loss falling"), "{text}");
         assert!(text.contains("+25.00 percentage points"), "{text}");
+    }
+
+    #[test]
+    fn report_names_the_data_and_the_skipped_files() {
+        let d = ReportData {
+            data: "'imgs': 10 train / 2 val images".into(),
+            skipped: Some("1 corrupt item skipped (cat/bad.png)".into()),
+            ..ReportData::default()
+        };
+        let text = render(&d);
+        assert!(text.contains("- data: 'imgs': 10 train"), "{text}");
+        assert!(
+            text.contains("- skipped: 1 corrupt item skipped (cat/bad.png)"),
+            "{text}"
+        );
+        assert!(!render(&ReportData::default()).contains("skipped"));
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Instant,
 };
 
@@ -19,16 +18,13 @@ use super::{
     report::{self, KnnResult, ReportData},
 };
 use crate::{
-    data::{
-        loader::Dataset,
-        shapes::{Shapes, Split},
-    },
+    data::source::{self, Data},
     engine::{
         checkpoint,
         context::{self, BackboneSource, HostContext},
     },
     plugins::{LoadedPlugin, PluginRegistry},
-    workspace::schema::{DataSource, DeviceSpec, Evaluator, Session, Stage, Workspace, resolve},
+    workspace::schema::{DeviceSpec, Evaluator, Session, Stage, Workspace, resolve},
 };
 
 /// How to run.
@@ -64,42 +60,26 @@ pub fn device(spec: &str) -> Result<Device, SessionError> {
     }
 }
 
-/// A workspace data source opened for training and evaluation.
-pub struct Data {
-    /// The training split.
-    pub train: Arc<dyn Dataset>,
-    /// The validation split.
-    pub val: Arc<dyn Dataset>,
-    /// Number of classes.
-    pub classes: usize,
-    /// Image side the backbone sees.
-    pub size: usize,
+/// The folder a workspace's caches (statistics, file indexes) live in:
+/// `<output>/<workspace>/.cache`.
+pub fn cache_dir(ws: &Workspace, ws_path: &Path) -> PathBuf {
+    resolve(ws_path, &ws.output).join(&ws.name).join(".cache")
 }
 
-fn data(ws: &Workspace, session: &Session) -> Result<Data, SessionError> {
-    open_source(ws, &session.data)
-}
-
-/// Opens the data source `name` of `ws`.
-pub fn open_source(ws: &Workspace, name: &str) -> Result<Data, SessionError> {
-    match ws.data.get(name) {
-        Some(DataSource::Shapes(cfg)) => {
-            let shapes = Shapes::new(cfg.clone())?;
-            Ok(Data {
-                train: Arc::new(shapes.split(Split::Train)),
-                val: Arc::new(shapes.split(Split::Val)),
-                classes: shapes.classes(),
-                size: cfg.size,
-            })
-        }
-        Some(DataSource::ImageFolder(_)) => Err(SessionError::Unsupported(
-            "training on ImageFolder sources is not available yet; use a Shapes source (images can be embedded with `patchwork embed --images`)".into(),
-        )),
-        None => Err(SessionError::Unsupported(format!(
+/// Opens the data source `name` of `ws` (the workspace file at `ws_path`).
+pub fn open_source(ws: &Workspace, name: &str, ws_path: &Path) -> Result<Data, SessionError> {
+    let Some(source) = ws.data.get(name) else {
+        return Err(SessionError::Unsupported(format!(
             "unknown data source '{name}' (the workspace has: {})",
             ws.data.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))),
-    }
+        )));
+    };
+    let base_dir = ws_path.parent().unwrap_or(Path::new("."));
+    let cache = cache_dir(ws, ws_path);
+    source::open(name, source, base_dir, Some(&cache)).map_err(|e| SessionError::DataSource {
+        name: name.to_owned(),
+        source: e,
+    })
 }
 
 /// Guard that uninstalls the session context however the session ends.
@@ -135,15 +115,7 @@ fn knn_at(
     k: &crate::workspace::schema::KnnConfig,
 ) -> Result<f64, SessionError> {
     let bb = backbone_at(plugin, config, scope)?;
-    let acc = knn(
-        &bb,
-        data.train.clone(),
-        data.val.clone(),
-        data.size,
-        data.classes,
-        k.k,
-        k.temperature,
-    );
+    let acc = knn(&bb, data, k.k, k.temperature);
     destroy(plugin, bb.instance);
     acc
 }
@@ -187,7 +159,7 @@ pub fn run_session(
             Stage::Evaluate(_) => None,
         })
         .collect::<Result<_, _>>()?;
-    let data = data(ws, session)?;
+    let data = open_source(ws, &session.data, &opts.workspace_path)?;
     let device = device(&session.device)?;
 
     // Check the backbone config once in a throwaway context, so its errors point
@@ -231,6 +203,17 @@ pub fn run_session(
             session.backbone.name,
             session.backbone.config.trim()
         ),
+        data: format!(
+            "'{}': {} train / {} val images, {} classes, {} px, {} channels, normalised with mean {:?} std {:?}",
+            session.data,
+            data.train.len(),
+            data.val.len(),
+            data.classes,
+            data.size,
+            data.channels,
+            data.stats.mean,
+            data.stats.std
+        ),
         ..Default::default()
     };
     let mut result_scope = "backbone".to_string();
@@ -273,6 +256,7 @@ pub fn run_session(
                     task: (plugin, instance),
                     stage: p,
                     train: data.train.clone(),
+                    stats: data.stats.clone(),
                     seed: session.seed,
                     checkpoint_every: session.checkpoint_every,
                     keep_checkpoints: session.keep_checkpoints,
@@ -318,6 +302,7 @@ pub fn run_session(
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
+    report.skipped = (!data.corrupt.is_empty()).then(|| data.corrupt.to_string());
     let report_path = run_dir.join("report.md");
     std::fs::write(&report_path, report::render(&report))
         .map_err(SessionError::io(&report_path))?;

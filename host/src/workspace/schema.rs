@@ -34,7 +34,11 @@ use ron::value::RawValue;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, WorkspaceError};
-use crate::data::shapes::ShapesConfig;
+use crate::data::{
+    arrays::ArraysConfig, cifar::CifarConfig, domains::DomainsConfig,
+    image_folder::ImageFolderConfig, sar_optical::SarOpticalConfig, scenes::ScenesConfig,
+    shapes::ShapesConfig,
+};
 
 // ---------------------------------------------------------------------------------
 // Schema
@@ -62,27 +66,35 @@ pub struct Workspace {
 /// A named source of images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DataSource {
-    /// The procedural shapes dataset (needs no files).
+    /// The procedural shapes dataset: one object per image, a class and a mask.
     Shapes(ShapesConfig),
-    /// A folder of class sub-folders of images.
+    /// Procedural scenes of several objects with multi-label targets and masks.
+    Scenes(ScenesConfig),
+    /// The same procedural classes rendered in a source and a target style.
+    Domains(DomainsConfig),
+    /// Procedural scenes as 3 optical plus 2 speckled SAR channels, multi-label.
+    SarOptical(SarOpticalConfig),
+    /// A folder of images: class sub-folders, a flat folder, or `train`/`val`.
     ImageFolder(ImageFolderConfig),
+    /// CIFAR-10 or CIFAR-100 in the binary format.
+    Cifar(CifarConfig),
+    /// Multi-band arrays: a folder of `.npy` files or one safetensors file.
+    Arrays(ArraysConfig),
 }
 
-/// `ImageFolder((root: "path", size: 32, val_fraction: 0.2, seed: 0))`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageFolderConfig {
-    /// Folder with one sub-folder per class, relative to the workspace file.
-    pub root: PathBuf,
-    /// Side of the square images fed to the model, in pixels.
-    #[serde(default = "default_image_size")]
-    pub size: usize,
-    /// Fraction of each class held out for evaluation, in `[0, 1)`.
-    #[serde(default = "default_val_fraction")]
-    pub val_fraction: f64,
-    /// Seed of the train/validation split.
-    #[serde(default)]
-    pub seed: u64,
+impl DataSource {
+    /// The variant's name as written in the workspace (`"Shapes"`, `"Cifar"`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Shapes(_) => "Shapes",
+            Self::Scenes(_) => "Scenes",
+            Self::Domains(_) => "Domains",
+            Self::SarOptical(_) => "SarOptical",
+            Self::ImageFolder(_) => "ImageFolder",
+            Self::Cifar(_) => "Cifar",
+            Self::Arrays(_) => "Arrays",
+        }
+    }
 }
 
 /// One backbone trained and evaluated through ordered stages.
@@ -331,12 +343,6 @@ fn default_batch_size() -> usize {
 }
 fn default_momentum() -> f64 {
     0.9
-}
-fn default_image_size() -> usize {
-    32
-}
-fn default_val_fraction() -> f64 {
-    0.2
 }
 fn unit_config() -> Box<RawValue> {
     RawValue::from_boxed_ron("()".into()).expect("'()' should be valid RON")
