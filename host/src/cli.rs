@@ -4,6 +4,10 @@
 use std::{
     io::IsTerminal,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::{Context, Result, bail};
@@ -11,7 +15,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     plugins::PluginRegistry,
-    session::{RunOptions, SessionEvent, run_session},
+    session::{RunOptions, SessionEvent, pretrain::StopReason, run_session},
     workspace::{overrides, schema},
 };
 
@@ -48,6 +52,10 @@ pub enum Command {
         /// Continue from the last checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Stop each session after this many optimizer steps in all (checkpointing
+        /// first); `--resume` continues.
+        #[arg(long, value_name = "N")]
+        max_steps: Option<u64>,
         /// Extra plugin directory.
         #[arg(long = "plugins")]
         plugin_dirs: Vec<PathBuf>,
@@ -65,6 +73,18 @@ pub enum Command {
     Embed(crate::bench::EmbedArgs),
     /// Measure training throughput: plugin path vs native model.
     Bench(crate::bench::BenchArgs),
+    /// Print a run folder's provenance (manifest.json) and final metrics.
+    Report {
+        /// Run folder (`runs/<workspace>/<session>/`).
+        run_dir: PathBuf,
+    },
+    /// Compare two run folders: config, provenance, metrics side by side.
+    Diff {
+        /// First run folder.
+        a: PathBuf,
+        /// Second run folder.
+        b: PathBuf,
+    },
 }
 
 /// `patchwork data ...`.
@@ -131,8 +151,15 @@ pub fn run(cli: Cli) -> Result<()> {
             session,
             sets,
             resume,
+            max_steps,
             plugin_dirs,
-        } => run_workspace(&file, session.as_deref(), &sets, resume, &plugin_dirs),
+        } => run_workspace(
+            &file,
+            session.as_deref(),
+            &sets,
+            RunFlags { resume, max_steps },
+            &plugin_dirs,
+        ),
         Command::Plugins { dir } => {
             let dirs = if dir.is_empty() {
                 plugin_dirs(&[])
@@ -151,6 +178,14 @@ pub fn run(cli: Cli) -> Result<()> {
         }) => preview(&file, &source, &out, rows, seed),
         Command::Embed(args) => crate::bench::embed(&args),
         Command::Bench(args) => crate::bench::bench(&args),
+        Command::Report { run_dir } => {
+            print!("{}", crate::session::inspect::report(&run_dir)?);
+            Ok(())
+        }
+        Command::Diff { a, b } => {
+            print!("{}", crate::session::inspect::diff(&a, &b)?);
+            Ok(())
+        }
     }
 }
 
@@ -218,11 +253,38 @@ fn print_plugins(reg: &PluginRegistry) {
     }
 }
 
+/// `patchwork run` switches.
+struct RunFlags {
+    resume: bool,
+    max_steps: Option<u64>,
+}
+
+/// The flag SIGINT/SIGTERM set: the first signal asks the running session to stop after
+/// its current step (checkpointing first); a second one exits at once (checkpoints are
+/// written atomically, so the last one stays whole).
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting now (the last checkpoint is intact)");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "interrupt: stopping after this step and writing a checkpoint (interrupt again to exit at once)"
+        );
+    });
+    if let Err(e) = installed {
+        tracing::warn!("cannot install the interrupt handler: {e}");
+    }
+    stop
+}
+
 fn run_workspace(
     file: &Path,
     only: Option<&str>,
     sets: &[String],
-    resume: bool,
+    flags: RunFlags,
     extra: &[PathBuf],
 ) -> Result<()> {
     let (ws, source) = load_workspace(file)?;
@@ -240,16 +302,47 @@ fn run_workspace(
         None => ws.sessions.iter().collect(),
     };
     let opts = RunOptions {
-        resume,
+        resume: flags.resume,
         workspace_path: file.to_path_buf(),
         workspace_source: source,
+        max_steps: flags.max_steps,
+        stop: stop_on_signal(),
     };
+    let resume_hint = format!("patchwork run {} --resume", file.display());
+    let mut failed = Vec::new();
     for session in sessions {
         let mut printer = Printer::new(&session.name);
-        let outcome = run_session(&ws, session, &registry, &opts, &mut |e| printer.event(e))
-            .with_context(|| format!("session '{}' failed", session.name));
+        let outcome = run_session(&ws, session, &registry, &opts, &mut |e| printer.event(e));
         printer.finish();
-        let outcome = outcome?;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                // One failed session does not stop the others.
+                eprintln!("session '{}' failed: {e}", session.name);
+                failed.push(session.name.clone());
+                continue;
+            }
+        };
+        if let Some(stopped) = &outcome.stopped {
+            let why = match stopped.reason {
+                StopReason::MaxSteps => "reached --max-steps",
+                StopReason::Interrupted => "interrupted",
+            };
+            println!(
+                "session '{}' stopped at step {} ({why}); checkpoint '{}'; continue with: {resume_hint}",
+                session.name,
+                stopped.step,
+                stopped.checkpoint.display()
+            );
+            if stopped.reason == StopReason::Interrupted {
+                bail!(
+                    "interrupted at step {} of session '{}'; continue with: {resume_hint}",
+                    stopped.step,
+                    session.name
+                );
+            }
+            continue;
+        }
         println!(
             "session '{}' done: {}",
             session.name,
@@ -266,6 +359,13 @@ fn run_workspace(
                 100.0 * k.trained
             );
         }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of the workspace's sessions failed: {} (see the messages above)",
+            failed.len(),
+            failed.join(", ")
+        );
     }
     Ok(())
 }

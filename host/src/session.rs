@@ -4,6 +4,8 @@
 pub mod error;
 pub mod eval_stage;
 pub mod events;
+pub mod inspect;
+pub mod manifest;
 pub mod plugin_call;
 pub mod pretrain;
 pub mod report;

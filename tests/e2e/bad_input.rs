@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use patchwork::engine::checkpoint;
 use patchwork_tests::{Output, plugin_lib, run_patchwork, temp_dir};
 
-use crate::{faulty, pretrain, run_dir, tiny_workspace, write_workspace};
+use crate::{assert_fails_with, faulty, pretrain, run_dir, tiny_workspace, write_workspace};
 
 /// Writes `text` as a workspace in a fresh temp folder and runs it with `extra` args.
 fn run_text(name: &str, text: &str, extra: &[&str]) -> (PathBuf, Output) {
@@ -26,17 +26,6 @@ fn run_stages(name: &str, stages: &str) -> (PathBuf, Output) {
         dir,
         run_patchwork(["run".to_string(), file.display().to_string()]),
     )
-}
-
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    assert!(!out.success(), "expected a failure:\n{}", out.describe());
-    for needle in needles {
-        assert!(
-            out.stderr.contains(needle),
-            "stderr should contain {needle:?}:\n{}",
-            out.describe()
-        );
-    }
 }
 
 /// The `faulty` fixture must be built for the tests that use it.
@@ -155,7 +144,7 @@ fn a_nan_loss_stops_training_and_names_the_last_checkpoint() {
     let (dir, out) = run_stages("nan", &pretrain(&faulty("(nan_at_step: Some(2))"), 1));
     assert_fails_with(&out, &["loss is NaN at step 2", "last good checkpoint"]);
     let found = checkpoints(&dir);
-    let (_, latest) = found
+    let (step, latest) = found
         .last()
         .unwrap_or_else(|| panic!("no checkpoint left:\n{}", out.describe()));
     let name = latest.file_name().unwrap().to_string_lossy().into_owned();
@@ -164,6 +153,19 @@ fn a_nan_loss_stops_training_and_names_the_last_checkpoint() {
         "the error should name '{name}':\n{}",
         out.describe()
     );
+    // Checkpoint N holds the state after N steps: steps 0 and 1 finished, step 2 was the
+    // NaN, so the newest is checkpoint 2, written before the NaN.
+    assert_eq!(*step, 2, "latest checkpoint: {found:?}");
+    let ckpt = checkpoint::load(latest, &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("the last good checkpoint should load: {e}"));
+    assert_eq!(ckpt.metadata.get("step").map(String::as_str), Some("2"));
+    let mut params = 0;
+    for (name, t) in ckpt.tensors.iter().filter(|(n, _)| n.starts_with("param/")) {
+        let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(values.iter().all(|v| v.is_finite()), "{name} is not finite");
+        params += 1;
+    }
+    assert!(params > 0, "no parameters in {latest:?}");
 }
 
 #[test]

@@ -4,9 +4,12 @@
 mod bad_input;
 mod boundary;
 mod data;
+mod drills;
 mod gradients;
 mod plugins;
+mod provenance;
 mod quickstart;
+mod resume;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +56,18 @@ pub fn pretrain(task: &str, epochs: u32) -> String {
 /// The `faulty` fixture task with `config` (RON struct text).
 pub fn faulty(config: &str) -> String {
     format!(r#"Plugin(name: "faulty", config: {config})"#)
+}
+
+/// Asserts that `out` failed and that its stderr holds every one of `needles`.
+pub fn assert_fails_with(out: &patchwork_tests::Output, needles: &[&str]) {
+    assert!(!out.success(), "expected a failure:\n{}", out.describe());
+    for needle in needles {
+        assert!(
+            out.stderr.contains(needle),
+            "stderr should contain {needle:?}:\n{}",
+            out.describe()
+        );
+    }
 }
 
 /// Writes `text` to `<dir>/workspace.ron` and returns the path.

@@ -8,7 +8,30 @@
 //! [`save`] writes `<path>.tmp` in the same directory, fsyncs it, renames it over `<path>`
 //! and fsyncs the directory, so a crash or a full disk leaves either the old file or the
 //! new one, never a torn file. [`latest`] only considers complete `step-*.safetensors`
-//! names, so a leftover `.tmp` is never picked up.
+//! names, so a leftover `.tmp` is never picked up; [`prune`] deletes the leftovers that a
+//! newer complete checkpoint has superseded.
+//!
+//! # Checksum
+//!
+//! Every file carries a CRC-32 of its contents in the metadata entry [`CHECKSUM_KEY`], as
+//! `crc32:<8 hex digits>`, and [`load`] recomputes it: a flipped byte anywhere in the
+//! tensor data, a tensor's name, dtype or shape, or a metadata entry is reported as
+//! [`CheckpointError::Corrupt`] instead of being loaded. CRC-32 detects every error burst
+//! of up to 32 bits, so a single flipped byte is always caught. The checksummed input is,
+//! with integers as `u64` little-endian and every string or byte run prefixed by its
+//! length: the tensor count, then per tensor in name order the name, the dtype (`F32`,
+//! `F64`, `U8`, `U32`, `I64`), the rank, each dimension and the data bytes; then the count
+//! of metadata entries other than the checksum, and each of them in key order as key and
+//! value. Files without a checksum (written before it existed) load with a warning.
+//!
+//! # Test hook
+//!
+//! [`save`] reads the environment variable [`FAULT_ENV`] (`PATCHWORK_FAULT`). When it is
+//! `abort-before-rename`, or `abort-before-rename:<file name>` and the checkpoint being
+//! written has that file name (e.g. `step-000000003.safetensors`), the process aborts
+//! after the temporary file is written and synced but before it is renamed: the
+//! end-to-end fault drills use it to simulate a `kill -9` in the middle of a save. Any
+//! other value is ignored.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,6 +41,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
+
+/// The metadata key that holds the checksum (see the module docs); [`save`] sets it and
+/// [`load`] checks and removes it, so callers never see it.
+pub const CHECKSUM_KEY: &str = "checksum";
+
+/// The environment variable of the crash test hook (see the module docs).
+pub const FAULT_ENV: &str = "PATCHWORK_FAULT";
 
 /// Errors from saving, loading and listing checkpoints.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +73,24 @@ pub enum CheckpointError {
         path: PathBuf,
         /// The underlying error.
         source: io::Error,
+    },
+    /// A tensor's shape in the checkpoint differs from the model's: the checkpoint was
+    /// written by a differently configured model.
+    #[error(
+        "checkpoint '{}' does not fit the model: tensor '{tensor}' has shape {checkpoint:?} \
+         in the checkpoint but {model:?} in the model (was the model's config changed since \
+         it was written? resume with that config, or start a new run)",
+        path.display()
+    )]
+    ShapeMismatch {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The tensor's name in the checkpoint.
+        tensor: String,
+        /// Its shape in the checkpoint.
+        checkpoint: Vec<usize>,
+        /// The shape the model has.
+        model: Vec<usize>,
     },
     /// A tensor has a dtype this module does not store.
     #[error(
@@ -89,7 +137,8 @@ pub enum CheckpointError {
 pub struct Checkpoint {
     /// Tensors in any order; names must be unique. [`load`] returns them sorted by name.
     pub tensors: Vec<(String, Tensor)>,
-    /// Free-form metadata (step, epoch, RNG state, JSON strings, ...).
+    /// Free-form metadata (step, epoch, RNG state, JSON strings, ...). The key
+    /// [`CHECKSUM_KEY`] is reserved: [`save`] replaces it.
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -153,6 +202,65 @@ fn tensor_bytes(t: &Tensor) -> candle_core::Result<Vec<u8>> {
     })
 }
 
+/// The dtype as the checksum spells it.
+fn dtype_tag(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F32 => "F32",
+        Dtype::F64 => "F64",
+        Dtype::U8 => "U8",
+        Dtype::U32 => "U32",
+        Dtype::I64 => "I64",
+        // Not stored by this module; `load` refuses them after the checksum.
+        _ => "other",
+    }
+}
+
+/// The CRC-32 over a checkpoint's contents, fed in the order the module docs give.
+struct Digest(crc32fast::Hasher);
+
+impl Digest {
+    const PREFIX: &'static str = "crc32:";
+
+    fn new(n_tensors: usize) -> Self {
+        let mut d = Self(crc32fast::Hasher::new());
+        d.int(n_tensors);
+        d
+    }
+
+    fn int(&mut self, n: usize) {
+        self.0.update(&(n as u64).to_le_bytes());
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.int(bytes.len());
+        self.0.update(bytes);
+    }
+
+    fn tensor(&mut self, name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) {
+        self.bytes(name.as_bytes());
+        self.bytes(dtype_tag(dtype).as_bytes());
+        self.int(shape.len());
+        for &d in shape {
+            self.int(d);
+        }
+        self.bytes(data);
+    }
+
+    /// Adds the metadata (without [`CHECKSUM_KEY`]) and returns `crc32:<8 hex digits>`.
+    fn finish(mut self, metadata: &BTreeMap<String, String>) -> String {
+        let entries: Vec<_> = metadata
+            .iter()
+            .filter(|(k, _)| *k != CHECKSUM_KEY)
+            .collect();
+        self.int(entries.len());
+        for (k, v) in entries {
+            self.bytes(k.as_bytes());
+            self.bytes(v.as_bytes());
+        }
+        format!("{}{:08x}", Self::PREFIX, self.0.finalize())
+    }
+}
+
 impl View for Entry {
     fn dtype(&self) -> Dtype {
         self.dtype
@@ -192,9 +300,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// Writes `ckpt` to `path` atomically (see the module docs). Tensors may live on any
-/// device; they are copied to the CPU with their dtype unchanged. On error the previous
-/// file at `path`, if any, is untouched and the temporary file is removed.
+/// Writes `ckpt` to `path` atomically, with its checksum (see the module docs). Tensors
+/// may live on any device; they are copied to the CPU with their dtype unchanged. On error
+/// the previous file at `path`, if any, is untouched and the temporary file is removed.
 pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<(), CheckpointError> {
     let mut seen = HashSet::with_capacity(ckpt.tensors.len());
     let mut entries = Vec::with_capacity(ckpt.tensors.len());
@@ -229,14 +337,28 @@ pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<(), CheckpointError> {
             },
         ));
     }
-    let metadata: Option<HashMap<String, String>> = if ckpt.metadata.is_empty() {
-        None
-    } else {
-        Some(ckpt.metadata.clone().into_iter().collect())
+    let checksum = {
+        let mut order: Vec<&(String, Entry)> = entries.iter().collect();
+        order.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut digest = Digest::new(order.len());
+        for (name, e) in order {
+            // Converted once here and again while writing: one tensor in memory at a time.
+            let bytes = tensor_bytes(&e.tensor).map_err(|source| CheckpointError::Tensor {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            digest.tensor(name, e.dtype, &e.shape, &bytes);
+        }
+        digest.finish(&ckpt.metadata)
     };
+    let mut metadata: HashMap<String, String> = ckpt.metadata.clone().into_iter().collect();
+    metadata.insert(CHECKSUM_KEY.to_string(), checksum);
 
     let tmp = tmp_path(path);
-    let result = write_synced(&tmp, entries, metadata, path).and_then(|()| {
+    let result = write_synced(&tmp, entries, Some(metadata), path).and_then(|()| {
+        if abort_requested(path) {
+            std::process::abort();
+        }
         fs::rename(&tmp, path).map_err(io_err(path))?;
         sync_dir(path)
     });
@@ -245,6 +367,20 @@ pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<(), CheckpointError> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Whether the test hook asks [`save`] to abort before renaming the file for `path`.
+fn abort_requested(path: &Path) -> bool {
+    std::env::var_os(FAULT_ENV).is_some_and(|v| fault_matches(&v.to_string_lossy(), path))
+}
+
+/// Whether the hook value `value` names an abort before renaming the file for `path`.
+fn fault_matches(value: &str, path: &Path) -> bool {
+    const ABORT: &str = "abort-before-rename";
+    match value.split_once(':') {
+        None => value == ABORT,
+        Some((what, file)) => what == ABORT && path.file_name().is_some_and(|n| n == file),
+    }
 }
 
 /// Writes the safetensors file at `tmp` and fsyncs it. Errors name `path` (the
@@ -316,8 +452,8 @@ fn decode(
     })
 }
 
-/// Reads the checkpoint at `path`, placing its tensors on `device`. Tensors come back
-/// sorted by name.
+/// Reads the checkpoint at `path`, placing its tensors on `device`, after verifying its
+/// checksum (see the module docs). Tensors come back sorted by name.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> {
     let bytes = fs::read(path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
@@ -350,9 +486,45 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
     };
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(describe(e)))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(describe(e)))?;
+    let mut views = st.tensors();
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut metadata: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default();
 
-    let mut tensors = Vec::with_capacity(st.len());
-    for (name, view) in st.iter() {
+    match metadata.remove(CHECKSUM_KEY) {
+        Some(stored) if !stored.starts_with(Digest::PREFIX) => {
+            return Err(corrupt(format!(
+                "its checksum '{stored}' is not a CRC-32 ('{}<8 hex digits>'), \
+                 the only kind this host checks",
+                Digest::PREFIX
+            )));
+        }
+        Some(stored) => {
+            let mut digest = Digest::new(views.len());
+            for (name, view) in &views {
+                digest.tensor(name, view.dtype(), view.shape(), view.data());
+            }
+            let actual = digest.finish(&metadata);
+            if actual != stored {
+                return Err(corrupt(format!(
+                    "checksum mismatch: the file records '{stored}' but its contents hash \
+                     to '{actual}' (damaged on disk or in transfer; move it aside to resume \
+                     from the previous checkpoint)"
+                )));
+            }
+        }
+        None => tracing::warn!(
+            "checkpoint '{}' has no checksum (written before checksums existed?); \
+             loading it unverified",
+            path.display()
+        ),
+    }
+
+    let mut tensors = Vec::with_capacity(views.len());
+    for (name, view) in views {
         let tensor = decode(view.data(), view.dtype(), view.shape(), device)
             .ok_or_else(|| {
                 corrupt(format!(
@@ -364,14 +536,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
                 path: path.to_path_buf(),
                 source,
             })?;
-        tensors.push((name.to_string(), tensor));
+        tensors.push((name, tensor));
     }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let metadata = header
-        .metadata()
-        .clone()
-        .map(|m| m.into_iter().collect())
-        .unwrap_or_default();
     Ok(Checkpoint { tensors, metadata })
 }
 
@@ -399,17 +565,52 @@ pub fn latest(dir: &Path) -> Option<PathBuf> {
     list(dir).ok()?.pop().map(|(_, path)| path)
 }
 
-/// Deletes all but the newest `keep` checkpoints in `dir`; returns the deleted paths.
-/// Leftover `.tmp` files are not touched.
+/// Deletes all but the newest `keep` checkpoints in `dir` (the newest one is always kept,
+/// even with `keep == 0`); returns the deleted paths. Call it only after a successful
+/// [`save`], from the only process writing to `dir`.
+///
+/// Leftover `step-<n>.safetensors.tmp` files of interrupted saves are also deleted (best
+/// effort, not listed) when `n` is at most the newest complete checkpoint's step: that
+/// one supersedes them. Newer leftovers are left alone; [`list`] ignores them and the
+/// next save of that step replaces them.
 pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, CheckpointError> {
     let all = list(dir)?;
-    let n_old = all.len().saturating_sub(keep);
+    let Some(&(newest, _)) = all.last() else {
+        return Ok(Vec::new());
+    };
+    let n_old = all.len().saturating_sub(keep.max(1));
     let mut removed = Vec::with_capacity(n_old);
     for (_, path) in all.into_iter().take(n_old) {
         fs::remove_file(&path).map_err(io_err(&path))?;
         removed.push(path);
     }
+    remove_superseded_tmp(dir, newest);
     Ok(removed)
+}
+
+/// Deletes `step-<n>.safetensors.tmp` files in `dir` with `n <= newest`; failures are
+/// logged, not returned: a stale temporary file must not stop training.
+fn remove_superseded_tmp(dir: &Path, newest: u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let stale = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(parse_file_name)
+            .is_some_and(|step| step <= newest);
+        if stale {
+            let path = entry.path();
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(
+                    "cannot remove the leftover temporary checkpoint '{}': {e}",
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -640,8 +841,11 @@ mod tests {
         for step in [5, 100, 20] {
             save(&dir.0.join(file_name(step)), &Checkpoint::default())?;
         }
-        // An interrupted later save and unrelated files.
-        fs::write(dir.0.join(format!("{}.tmp", file_name(200))), b"partial").expect("write");
+        // Interrupted saves (one superseded by step 100, one later) and unrelated files.
+        let stale = dir.0.join(format!("{}.tmp", file_name(7)));
+        let newer = dir.0.join(format!("{}.tmp", file_name(200)));
+        fs::write(&stale, b"partial").expect("write");
+        fs::write(&newer, b"partial").expect("write");
         fs::write(dir.0.join("notes.txt"), b"x").expect("write");
         assert_eq!(latest(&dir.0), Some(dir.0.join(file_name(100))));
 
@@ -649,8 +853,154 @@ mod tests {
         assert_eq!(removed, vec![dir.0.join(file_name(5))]);
         let left: Vec<u64> = list(&dir.0)?.into_iter().map(|(s, _)| s).collect();
         assert_eq!(left, vec![20, 100]);
-        assert!(dir.0.join(format!("{}.tmp", file_name(200))).exists());
+        assert!(
+            !stale.exists(),
+            "a superseded temporary file should be removed"
+        );
+        assert!(
+            newer.exists(),
+            "a newer temporary file should be left alone"
+        );
+        assert!(dir.0.join("notes.txt").exists());
         assert!(prune(&dir.0, 5)?.is_empty());
+
+        // The newest checkpoint survives even `keep == 0`.
+        assert_eq!(prune(&dir.0, 0)?, vec![dir.0.join(file_name(20))]);
+        assert_eq!(latest(&dir.0), Some(dir.0.join(file_name(100))));
+        let empty = TempDir::new("prune-empty");
+        assert!(prune(&empty.0, 0)?.is_empty());
         Ok(())
+    }
+
+    #[test]
+    fn every_flipped_byte_is_reported_as_corrupt() -> Result<(), CheckpointError> {
+        let dir = TempDir::new("flipped");
+        let path = dir.0.join(file_name(8));
+        save(&path, &sample())?;
+        let bytes = fs::read(&path).expect("read");
+        let header_len = 8 + usize::try_from(u64::from_le_bytes(
+            bytes[..8].try_into().expect("eight bytes"),
+        ))
+        .expect("header length");
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0xff;
+            fs::write(&path, &damaged).expect("write");
+            match load(&path, &Device::Cpu) {
+                Err(CheckpointError::Corrupt { reason, .. }) => {
+                    // Header damage may already break the JSON; data damage only the checksum.
+                    if i >= header_len {
+                        assert!(reason.contains("checksum mismatch"), "byte {i}: {reason}");
+                    }
+                }
+                other => panic!(
+                    "byte {i} of {}: expected Corrupt, got {other:?}",
+                    bytes.len()
+                ),
+            }
+        }
+        fs::write(&path, &bytes).expect("write");
+        load(&path, &Device::Cpu)?;
+        Ok(())
+    }
+
+    /// `bytes` with the first `from` overwritten by `to` (same length).
+    fn replace_once(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the file should contain the text");
+        let mut out = bytes.to_vec();
+        out[at..at + to.len()].copy_from_slice(to);
+        out
+    }
+
+    #[test]
+    fn edited_metadata_or_name_fails_the_checksum() -> Result<(), CheckpointError> {
+        let dir = TempDir::new("edited");
+        let path = dir.0.join(file_name(9));
+        save(&path, &sample())?;
+        let bytes = fs::read(&path).expect("read");
+        // Same-length edits keep the header valid JSON with valid offsets.
+        for (from, to) in [
+            (&br#""step":"123""#[..], &br#""step":"124""#[..]),
+            (&br#""student.w""#[..], &br#""student.v""#[..]),
+        ] {
+            fs::write(&path, replace_once(&bytes, from, to)).expect("write");
+            let err = load(&path, &Device::Cpu).expect_err("an edited file should fail");
+            let msg = err.to_string();
+            assert!(msg.contains("is corrupt: checksum mismatch"), "{msg}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn checksum_is_stored_reserved_and_checked_by_kind() -> Result<(), CheckpointError> {
+        let dir = TempDir::new("checksum-key");
+        let path = dir.0.join(file_name(10));
+        let mut ckpt = sample();
+        ckpt.metadata
+            .insert(CHECKSUM_KEY.into(), "crc32:00000000".into());
+        save(&path, &ckpt)?;
+        let bytes = fs::read(&path).expect("read");
+        let (_, header) = SafeTensors::read_metadata(&bytes).expect("header");
+        let stored = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(CHECKSUM_KEY))
+            .cloned()
+            .expect("a checksum should be stored");
+        assert!(
+            stored.starts_with("crc32:") && stored.len() == 14,
+            "{stored}"
+        );
+        assert_ne!(stored, "crc32:00000000");
+        let back = load(&path, &Device::Cpu)?;
+        assert!(!back.metadata.contains_key(CHECKSUM_KEY));
+        assert_eq!(back.metadata, sample().metadata);
+
+        // A checksum of another kind is not silently accepted.
+        let other = replace_once(&bytes, stored.as_bytes(), b"sha:0123456789");
+        fs::write(&path, other).expect("write");
+        let err = load(&path, &Device::Cpu).expect_err("unknown checksum kind");
+        assert!(err.to_string().contains("'sha:0123456789'"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn files_without_a_checksum_still_load() -> Result<(), CheckpointError> {
+        let dir = TempDir::new("no-checksum");
+        let path = dir.0.join(file_name(11));
+        let w = Tensor::new(&[1.0f32, 2.0, 3.0], &Device::Cpu).expect("w");
+        let entry = Entry {
+            shape: w.dims().to_vec(),
+            tensor: w,
+            dtype: Dtype::F32,
+        };
+        let metadata = HashMap::from([("step".to_string(), "11".to_string())]);
+        safetensors::serialize_to_file([("w", entry)], Some(metadata), &path).expect("write");
+        let back = load(&path, &Device::Cpu)?;
+        assert_eq!(back.metadata.get("step").map(String::as_str), Some("11"));
+        let w = back.tensor("w").expect("w").to_vec1::<f32>().expect("vec");
+        assert_eq!(w, [1.0, 2.0, 3.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_fault_hook_matches_all_saves_or_one_file() {
+        let path = Path::new("/x/checkpoints").join(file_name(3));
+        assert!(fault_matches("abort-before-rename", &path));
+        assert!(fault_matches(
+            "abort-before-rename:step-000000003.safetensors",
+            &path
+        ));
+        assert!(!fault_matches(
+            "abort-before-rename:step-000000004.safetensors",
+            &path
+        ));
+        assert!(!fault_matches("", &path));
+        assert!(!fault_matches("something-else", &path));
     }
 }

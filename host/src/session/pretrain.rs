@@ -5,7 +5,10 @@ use std::{
     collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
 
@@ -28,7 +31,7 @@ use crate::{
         schedule::cosine,
     },
     plugins::LoadedPlugin,
-    workspace::schema::{Optimizer, PretrainStage},
+    workspace::schema::{KeepBest, Optimizer, PretrainStage},
 };
 
 /// The optimizer of a stage, with its state saved in checkpoints.
@@ -125,12 +128,38 @@ pub struct StageEnv<'a> {
     pub checkpoint_every: u64,
     /// Checkpoints kept.
     pub keep_checkpoints: usize,
+    /// Keep the best epoch-end checkpoint by this metric as `best.safetensors`.
+    pub keep_best: Option<KeepBest>,
     /// `runs/<ws>/<session>/`.
     pub run_dir: PathBuf,
     /// Resume from the last checkpoint.
     pub resume: bool,
     /// Extra metadata stored in every checkpoint (e.g. random-init k-NN).
     pub metadata: BTreeMap<String, String>,
+    /// Stop (checkpointing first) once the session has run this many optimizer steps.
+    pub max_steps: Option<u64>,
+    /// Set from another thread (a signal handler, the UI) to stop after the current step.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Why a stage ended before its last epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `--max-steps` was reached.
+    MaxSteps,
+    /// The stop flag was set (SIGINT/SIGTERM, or the UI).
+    Interrupted,
+}
+
+/// A stage that stopped early, and where to continue from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stopped {
+    /// Why.
+    pub reason: StopReason,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// The checkpoint written at `step` (`--resume` continues from it).
+    pub checkpoint: PathBuf,
 }
 
 /// What the stage produced.
@@ -145,6 +174,8 @@ pub struct PretrainOutcome {
     pub images_per_sec: f64,
     /// Metadata restored from the checkpoint (when resumed).
     pub restored_metadata: BTreeMap<String, String>,
+    /// Set when the stage stopped before its last epoch.
+    pub stopped: Option<Stopped>,
 }
 
 fn rng_state(rng: &ChaCha8Rng) -> String {
@@ -226,7 +257,20 @@ fn restore(
         for (name, t) in &ckpt.tensors {
             if let Some(p) = name.strip_prefix("param/") {
                 if let Err(e) = c.store.set(p, t) {
-                    failure = Some(corrupt(e.to_string()));
+                    // The first mismatch names the tensor and both shapes.
+                    failure.get_or_insert(match e {
+                        crate::engine::store::StoreError::ShapeMismatch {
+                            existing,
+                            requested,
+                            ..
+                        } => checkpoint::CheckpointError::ShapeMismatch {
+                            path: path.to_path_buf(),
+                            tensor: name.clone(),
+                            checkpoint: requested,
+                            model: existing,
+                        },
+                        other => corrupt(other.to_string()),
+                    });
                 }
             } else if let Some(s) = name.strip_prefix("state/") {
                 c.store.set_state(s, t);
@@ -327,9 +371,15 @@ pub fn run(
             last_good = Some(path);
         }
     }
+    let metrics_path = env.run_dir.join("metrics.jsonl");
+    if env.resume {
+        // Steps after the checkpoint were lost with the process: drop their lines so
+        // the resumed run writes them again, numbered as before.
+        truncate_metrics(&metrics_path, step)?;
+    }
     let mut meta = env.metadata.clone();
     for (k, v) in &restored {
-        if k.starts_with("knn_") {
+        if k.starts_with("knn_") || k == BEST_KEY {
             meta.insert(k.clone(), v.clone());
         }
     }
@@ -339,7 +389,6 @@ pub fn run(
         start_step: step,
     });
 
-    let metrics_path = env.run_dir.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -356,6 +405,16 @@ pub fn run(
     };
     let var_list: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
 
+    let mut stopped: Option<Stopped> = None;
+    if let (Some(reason), Some(checkpoint)) = (stop_reason(&env, step), &last_good) {
+        // Resumed at or past --max-steps (or interrupted before the first step).
+        stopped = Some(Stopped {
+            reason,
+            step,
+            checkpoint: checkpoint.clone(),
+        });
+        epoch = epochs;
+    }
     while epoch < epochs {
         let loader = Loader::start(
             Arc::clone(&env.train),
@@ -470,17 +529,57 @@ pub fn run(
                 emit(SessionEvent::Log(line));
             }
             let end_of_epoch = batch.batch + 1 == spe as usize;
-            if step % every == 0 || end_of_epoch {
+            let stop = stop_reason(&env, step);
+            // The epoch mean of the `keep_best` metric, when this epoch beats the best.
+            let new_best = match (&env.keep_best, end_of_epoch) {
+                (Some(kb), true) => {
+                    let sum = if kb.metric == "loss" {
+                        Some(loss_sum)
+                    } else {
+                        metric_sums.get(&kb.metric).copied()
+                    };
+                    let Some(sum) = sum else {
+                        return Err(SessionError::Unsupported(format!(
+                            "keep_best: metric '{}' is not reported by task '{}' (it reports: loss, {})",
+                            kb.metric,
+                            plugin.name(),
+                            metric_sums.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )));
+                    };
+                    let value = sum / loss_n.max(1) as f64;
+                    let best = meta.get(BEST_KEY).and_then(|v| v.parse().ok());
+                    kb.mode.better(value, best).then_some(value)
+                }
+                _ => None,
+            };
+            if let Some(value) = new_best {
+                meta.insert(BEST_KEY.into(), value.to_string());
+            }
+            if step % every == 0 || end_of_epoch || stop.is_some() {
                 let (e, b) = if end_of_epoch {
                     (epoch + 1, 0)
                 } else {
                     (epoch, batch.batch + 1)
                 };
                 let path = save_checkpoint(&ckpt_dir, step, e, b, &opt, &meta)?;
+                if new_best.is_some() {
+                    keep_as_best(&path, &ckpt_dir)?;
+                }
                 checkpoint::prune(&ckpt_dir, env.keep_checkpoints.max(1))?;
                 emit(SessionEvent::Checkpoint { path: path.clone() });
                 last_good = Some(path);
             }
+            if let (Some(reason), Some(checkpoint)) = (stop, &last_good) {
+                stopped = Some(Stopped {
+                    reason,
+                    step,
+                    checkpoint: checkpoint.clone(),
+                });
+                break;
+            }
+        }
+        if stopped.is_some() {
+            break;
         }
         let mean = if loss_n > 0 {
             loss_sum / loss_n as f64
@@ -510,7 +609,66 @@ pub fn run(
         steps: step,
         images_per_sec,
         restored_metadata: restored,
+        stopped,
     })
+}
+
+/// Checkpoint metadata holding the best epoch mean of the `keep_best` metric so far.
+const BEST_KEY: &str = "best_value";
+/// The file `keep_best` keeps, beside the `step-*` checkpoints (which `prune` never
+/// removes it with).
+pub const BEST_FILE: &str = "best.safetensors";
+
+/// Makes `ckpt` also `dir/best.safetensors`: a hard link (no copy) made under a
+/// temporary name and renamed over the old best, so a crash leaves one or the other.
+fn keep_as_best(ckpt: &Path, dir: &Path) -> Result<(), SessionError> {
+    let tmp = dir.join(format!("{BEST_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(ckpt, &tmp)
+        .or_else(|_| std::fs::copy(ckpt, &tmp).map(|_| ()))
+        .map_err(SessionError::io(&tmp))?;
+    let best = dir.join(BEST_FILE);
+    std::fs::rename(&tmp, &best).map_err(SessionError::io(&best))
+}
+
+/// Whether the stage should stop after `step` steps, and why.
+fn stop_reason(env: &StageEnv<'_>, step: u64) -> Option<StopReason> {
+    if env.max_steps.is_some_and(|max| step >= max) {
+        Some(StopReason::MaxSteps)
+    } else if env.stop.load(Ordering::SeqCst) {
+        Some(StopReason::Interrupted)
+    } else {
+        None
+    }
+}
+
+/// Keeps the lines of `metrics.jsonl` up to step `step` (rewritten atomically); lines
+/// past it belong to steps a crash lost, which the resumed run writes again.
+fn truncate_metrics(path: &Path, step: u64) -> Result<(), SessionError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(SessionError::io(path)(e)),
+    };
+    let keep: Vec<&str> = text
+        .lines()
+        .take_while(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                .is_some_and(|s| s <= step)
+        })
+        .collect();
+    if keep.len() == text.lines().count() {
+        return Ok(());
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut body = keep.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    std::fs::write(&tmp, body).map_err(SessionError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(SessionError::io(path))
 }
 
 #[cfg(test)]

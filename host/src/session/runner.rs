@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::{Arc, atomic::AtomicBool},
     time::Instant,
 };
 
@@ -14,7 +15,7 @@ use super::{
     SessionError, SessionEvent,
     eval_stage::{BackboneInstance, knn},
     plugin_call::{check, create},
-    pretrain::{self, StageEnv},
+    pretrain::{self, StageEnv, Stopped},
     report::{self, KnnResult, ReportData},
 };
 use crate::{
@@ -36,6 +37,10 @@ pub struct RunOptions {
     pub workspace_path: PathBuf,
     /// Its text (for mapping plugin config errors to file positions).
     pub workspace_source: String,
+    /// Stop (checkpointing first) once a session has run this many optimizer steps.
+    pub max_steps: Option<u64>,
+    /// Set from another thread (signal handler, UI) to stop after the current step.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// What a finished session leaves.
@@ -45,6 +50,9 @@ pub struct SessionOutcome {
     pub run_dir: PathBuf,
     /// What the report says.
     pub report: ReportData,
+    /// Set when training stopped early (`--max-steps`, a signal); the later stages
+    /// did not run.
+    pub stopped: Option<Stopped>,
 }
 
 /// Creates the device a session names.
@@ -181,6 +189,15 @@ pub fn run_session(
     let config_text = ron::ser::to_string_pretty(session, ron::ser::PrettyConfig::default())
         .unwrap_or_else(|e| format!("// cannot print the resolved config: {e}"));
     std::fs::write(&config_path, config_text).map_err(SessionError::io(&config_path))?;
+    let plugins: Vec<&LoadedPlugin> = std::iter::once(backbone_plugin)
+        .chain(tasks.iter().copied())
+        .collect();
+    let mut manifest =
+        super::manifest::Manifest::start(ws, session, &data, &plugins, &opts.workspace_path);
+    if resuming {
+        manifest.resume_in(&run_dir);
+    }
+    manifest.write(&run_dir)?;
 
     let mut ctx = HostContext::new(device, session.seed);
     ctx.backbone = Some(BackboneSource {
@@ -219,92 +236,124 @@ pub fn run_session(
     let mut result_scope = "backbone".to_string();
     let mut random_knn: Option<f64> = None;
     let mut tasks = tasks.into_iter();
-    for stage in &session.stages {
-        match stage {
-            Stage::Pretrain(p) => {
-                let plugin = tasks
-                    .next()
-                    .expect("one task plugin per pretrain stage should be resolved");
-                let instance = create(
-                    plugin,
-                    &p.task,
-                    "",
-                    &opts.workspace_path,
-                    &opts.workspace_source,
-                )?;
-                let scope_r = (plugin.root.pretext_result_scope())(instance);
-                result_scope = check(plugin, "result_scope", scope_r)?.into_string();
-                let mut metadata = BTreeMap::new();
-                metadata.insert("result_scope".to_string(), result_scope.clone());
-                if let (Some(k), false) = (&knn_cfg, resuming) {
-                    let acc = knn_at(
-                        backbone_plugin,
-                        &session.backbone.config,
-                        &result_scope,
-                        &data,
-                        k,
+    let mut stopped = None;
+    // The stages, in a closure so that a failure is recorded in the manifest first.
+    let staged = (|| -> Result<(), SessionError> {
+        for stage in &session.stages {
+            match stage {
+                Stage::Pretrain(p) => {
+                    let plugin = tasks
+                        .next()
+                        .expect("one task plugin per pretrain stage should be resolved");
+                    let instance = create(
+                        plugin,
+                        &p.task,
+                        "",
+                        &opts.workspace_path,
+                        &opts.workspace_source,
                     )?;
-                    emit(SessionEvent::Eval {
-                        name: format!("knn@{} (random init)", k.k),
-                        value: acc,
-                    });
-                    metadata.insert("knn_random_init".to_string(), acc.to_string());
-                    random_knn = Some(acc);
+                    let scope_r = (plugin.root.pretext_result_scope())(instance);
+                    result_scope = check(plugin, "result_scope", scope_r)?.into_string();
+                    let mut metadata = BTreeMap::new();
+                    metadata.insert("result_scope".to_string(), result_scope.clone());
+                    if let (Some(k), false) = (&knn_cfg, resuming) {
+                        let acc = knn_at(
+                            backbone_plugin,
+                            &session.backbone.config,
+                            &result_scope,
+                            &data,
+                            k,
+                        )?;
+                        emit(SessionEvent::Eval {
+                            name: format!("knn@{} (random init)", k.k),
+                            value: acc,
+                        });
+                        metadata.insert("knn_random_init".to_string(), acc.to_string());
+                        random_knn = Some(acc);
+                    }
+                    report.task = Some(format!("{} {}", p.task.name, p.task.config.trim()));
+                    let env = StageEnv {
+                        task: (plugin, instance),
+                        stage: p,
+                        train: data.train.clone(),
+                        stats: data.stats.clone(),
+                        seed: session.seed,
+                        checkpoint_every: session.checkpoint_every,
+                        keep_checkpoints: session.keep_checkpoints,
+                        keep_best: session.keep_best.clone(),
+                        run_dir: run_dir.clone(),
+                        resume: opts.resume,
+                        metadata,
+                        max_steps: opts.max_steps,
+                        stop: Arc::clone(&opts.stop),
+                    };
+                    let outcome = pretrain::run(env, emit);
+                    destroy(plugin, instance);
+                    let outcome = outcome?;
+                    if random_knn.is_none() {
+                        random_knn = outcome
+                            .restored_metadata
+                            .get("knn_random_init")
+                            .and_then(|v| v.parse().ok());
+                    }
+                    report.epoch_losses = outcome.epoch_losses;
+                    report.epoch_metrics = outcome.epoch_metrics;
+                    report.steps = outcome.steps;
+                    report.images_per_sec = outcome.images_per_sec;
+                    if outcome.stopped.is_some() {
+                        stopped = outcome.stopped;
+                        break;
+                    }
                 }
-                report.task = Some(format!("{} {}", p.task.name, p.task.config.trim()));
-                let env = StageEnv {
-                    task: (plugin, instance),
-                    stage: p,
-                    train: data.train.clone(),
-                    stats: data.stats.clone(),
-                    seed: session.seed,
-                    checkpoint_every: session.checkpoint_every,
-                    keep_checkpoints: session.keep_checkpoints,
-                    run_dir: run_dir.clone(),
-                    resume: opts.resume,
-                    metadata,
-                };
-                let outcome = pretrain::run(env, emit);
-                destroy(plugin, instance);
-                let outcome = outcome?;
-                if random_knn.is_none() {
-                    random_knn = outcome
-                        .restored_metadata
-                        .get("knn_random_init")
-                        .and_then(|v| v.parse().ok());
-                }
-                report.epoch_losses = outcome.epoch_losses;
-                report.epoch_metrics = outcome.epoch_metrics;
-                report.steps = outcome.steps;
-                report.images_per_sec = outcome.images_per_sec;
-            }
-            Stage::Evaluate(evs) => {
-                for Evaluator::Knn(k) in evs {
-                    let acc = knn_at(
-                        backbone_plugin,
-                        &session.backbone.config,
-                        &result_scope,
-                        &data,
-                        k,
-                    )?;
-                    emit(SessionEvent::Eval {
-                        name: format!("knn@{} (trained)", k.k),
-                        value: acc,
-                    });
-                    report.knn = Some(KnnResult {
-                        k: k.k,
-                        temperature: k.temperature,
-                        random_init: random_knn,
-                        trained: acc,
-                    });
+                Stage::Evaluate(evs) => {
+                    for Evaluator::Knn(k) in evs {
+                        let acc = knn_at(
+                            backbone_plugin,
+                            &session.backbone.config,
+                            &result_scope,
+                            &data,
+                            k,
+                        )?;
+                        emit(SessionEvent::Eval {
+                            name: format!("knn@{} (trained)", k.k),
+                            value: acc,
+                        });
+                        report.knn = Some(KnnResult {
+                            k: k.k,
+                            temperature: k.temperature,
+                            random_init: random_knn,
+                            trained: acc,
+                        });
+                    }
                 }
             }
         }
+        Ok(())
+    })();
+    if let Err(e) = staged {
+        manifest.finish(report.steps, super::manifest::Outcome::Failed);
+        if let Err(w) = manifest.write(&run_dir) {
+            tracing::warn!("cannot record the failure in the manifest: {w}");
+        }
+        return Err(e);
     }
     report.seconds = started.elapsed().as_secs_f64();
     report.skipped = (!data.corrupt.is_empty()).then(|| data.corrupt.to_string());
+    manifest.finish(
+        report.steps,
+        if stopped.is_some() {
+            super::manifest::Outcome::Interrupted
+        } else {
+            super::manifest::Outcome::Done
+        },
+    );
+    manifest.write(&run_dir)?;
     let report_path = run_dir.join("report.md");
     std::fs::write(&report_path, report::render(&report))
         .map_err(SessionError::io(&report_path))?;
-    Ok(SessionOutcome { run_dir, report })
+    Ok(SessionOutcome {
+        run_dir,
+        report,
+        stopped,
+    })
 }

@@ -118,9 +118,45 @@ pub struct Session {
     /// Steps between checkpoints; 0 means once per epoch. One is always written at the end.
     #[serde(default)]
     pub checkpoint_every: u64,
-    /// How many checkpoints to keep on disk.
-    #[serde(default = "default_keep_checkpoints")]
+    /// How many of the latest checkpoints to keep on disk (`keep_last` is accepted too).
+    #[serde(default = "default_keep_checkpoints", alias = "keep_last")]
     pub keep_checkpoints: usize,
+    /// Also keep the epoch-end checkpoint with the best epoch mean of a metric, as
+    /// `checkpoints/best.safetensors`: `keep_best: Some((metric: "loss", mode: Min))`.
+    #[serde(default)]
+    pub keep_best: Option<KeepBest>,
+}
+
+/// Which checkpoint `keep_best` keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepBest {
+    /// `"loss"` or the name of a metric the pretext task reports.
+    pub metric: String,
+    /// Whether lower or higher is better.
+    #[serde(default)]
+    pub mode: BestMode,
+}
+
+/// Lower or higher is better.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BestMode {
+    /// Lower is better (losses).
+    #[default]
+    Min,
+    /// Higher is better (accuracies).
+    Max,
+}
+
+impl BestMode {
+    /// Whether `value` beats `best` (any finite value beats none).
+    pub fn better(self, value: f64, best: Option<f64>) -> bool {
+        value.is_finite()
+            && best.is_none_or(|b| match self {
+                Self::Min => value < b,
+                Self::Max => value > b,
+            })
+    }
 }
 
 /// A plugin by name, with its config as RON text: `Plugin(name: "vit", config: (depth: 4))`.
@@ -1193,6 +1229,7 @@ mod tests {
             device: "cpu",          // "cpu" or "cuda:N"
             checkpoint_every: 100,  // steps; default 0 = once per epoch
             keep_checkpoints: 3,
+            keep_best: None,
         ),
     ],
 )
