@@ -16,6 +16,7 @@ pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod eval;
+pub mod fsutil;
 pub mod plugins;
 pub mod session;
 pub mod workspace;

@@ -18,6 +18,7 @@ use super::corrupt::CorruptCount;
 use super::domains::{Domain, Domains};
 use super::image_folder;
 use super::loader::{DataError, Dataset};
+use super::procedural::{Procedural, SplitDataset};
 use super::sar_optical::SarOptical;
 use super::scenes::Scenes;
 use super::shapes::{Shapes, Split};
@@ -83,7 +84,8 @@ impl Splits {
     }
 }
 
-fn procedural(
+/// Splits of two datasets with no files behind them (procedural data).
+fn in_memory(
     train: impl Dataset + 'static,
     val: impl Dataset + 'static,
     classes: usize,
@@ -101,6 +103,18 @@ fn procedural(
     }
 }
 
+/// The train and validation splits of a procedural generator.
+fn procedural<P: Procedural + 'static>(source: P, size: usize, normalize: &Normalize) -> Splits {
+    let classes = source.class_count();
+    in_memory(
+        SplitDataset::new(source.clone(), Split::Train),
+        SplitDataset::new(source, Split::Val),
+        classes,
+        size,
+        normalize,
+    )
+}
+
 /// Modification time of `path` in seconds, for cache fingerprints (0 when unknown).
 fn mtime(path: &Path) -> u64 {
     std::fs::metadata(path)
@@ -108,14 +122,6 @@ fn mtime(path: &Path) -> u64 {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs())
-}
-
-fn resolve_path(base_dir: &Path, p: &Path) -> std::path::PathBuf {
-    if p.is_relative() {
-        base_dir.join(p)
-    } else {
-        p.to_owned()
-    }
 }
 
 /// Opens `source` (named `name` in its workspace) and resolves its normalisation.
@@ -138,45 +144,17 @@ pub fn open_splits(
     cache_dir: Option<&Path>,
 ) -> Result<Splits, DataError> {
     Ok(match source {
-        DataSource::Shapes(cfg) => {
-            let s = Shapes::new(cfg.clone())?;
-            let classes = s.classes();
-            procedural(
-                s.split(Split::Train),
-                s.split(Split::Val),
-                classes,
-                cfg.size,
-                &cfg.normalize,
-            )
-        }
-        DataSource::Scenes(cfg) => {
-            let s = Scenes::new(cfg.clone())?;
-            let classes = s.classes();
-            procedural(
-                s.split(Split::Train),
-                s.split(Split::Val),
-                classes,
-                cfg.size,
-                &cfg.normalize,
-            )
+        DataSource::Shapes(cfg) => procedural(Shapes::new(cfg.clone())?, cfg.size, &cfg.normalize),
+        DataSource::Scenes(cfg) => procedural(Scenes::new(cfg.clone())?, cfg.size, &cfg.normalize),
+        DataSource::SarOptical(cfg) => {
+            procedural(SarOptical::new(cfg.clone())?, cfg.size, &cfg.normalize)
         }
         DataSource::Domains(cfg) => {
             let d = Domains::new(cfg.clone())?;
             let classes = d.classes();
-            procedural(
+            in_memory(
                 d.split(Domain::Source, Split::Train),
                 d.split(Domain::Target, Split::Val),
-                classes,
-                cfg.size,
-                &cfg.normalize,
-            )
-        }
-        DataSource::SarOptical(cfg) => {
-            let s = SarOptical::new(cfg.clone())?;
-            let classes = s.classes();
-            procedural(
-                s.split(Split::Train),
-                s.split(Split::Val),
                 classes,
                 cfg.size,
                 &cfg.normalize,
@@ -192,7 +170,7 @@ pub fn open_splits(
                 size: cifar::SIDE,
                 normalize: cfg.normalize.clone(),
                 corrupt,
-                fingerprint: format!("mtime {}", mtime(&resolve_path(base_dir, &cfg.root))),
+                fingerprint: format!("mtime {}", mtime(&base_dir.join(&cfg.root))),
             }
         }
         DataSource::Arrays(cfg) => {
@@ -206,12 +184,12 @@ pub fn open_splits(
                 size: h.min(w),
                 normalize: cfg.normalize.clone(),
                 corrupt,
-                fingerprint: format!("mtime {}", mtime(&resolve_path(base_dir, &cfg.path))),
+                fingerprint: format!("mtime {}", mtime(&base_dir.join(&cfg.path))),
             }
         }
         DataSource::ImageFolder(cfg) => {
             let folder = image_folder::open(cfg, base_dir, cache_dir)?;
-            let root = resolve_path(base_dir, &cfg.root);
+            let root = base_dir.join(&cfg.root); // an absolute root replaces base_dir
             let files = folder.train.len() + folder.val.len();
             Splits {
                 classes: folder.classes.len(),

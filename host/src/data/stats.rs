@@ -5,7 +5,7 @@
 //! datasets with large offsets keep their precision. The standard deviation is the
 //! population one (divided by the pixel count).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -246,22 +246,12 @@ fn read_cache(path: &Path, fingerprint: &str) -> Option<ChannelStats> {
 }
 
 fn write_cache(path: &Path, file: &CacheFile) -> Result<(), DataError> {
-    let fail = |path: &Path, reason: String| DataError::Write {
+    let fail = |reason: String| DataError::Write {
         path: path.to_owned(),
         reason,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| fail(dir, e.to_string()))?;
-    }
-    let json = serde_json::to_string_pretty(file).map_err(|e| fail(path, e.to_string()))?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp: PathBuf = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, json).map_err(|e| fail(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        fail(path, e.to_string())
-    })
+    let json = serde_json::to_string_pretty(file).map_err(|e| fail(e.to_string()))?;
+    crate::fsutil::write_atomic(path, json.as_bytes()).map_err(|e| fail(e.to_string()))
 }
 
 #[cfg(test)]
@@ -269,6 +259,7 @@ mod tests {
     use super::*;
     use crate::data::loader::Sample;
     use crate::data::views::Image;
+    use std::path::PathBuf;
 
     /// Image `i` is constant per channel: channel `c` holds `values[i][c]`.
     struct Constant(Vec<Vec<f32>>);

@@ -274,11 +274,10 @@ impl Manifest {
     /// Writes `<run_dir>/manifest.json` atomically (temp file, then rename).
     pub fn write(&self, run_dir: &Path) -> Result<(), SessionError> {
         let path = run_dir.join(FILE_NAME);
-        let tmp = run_dir.join(format!("{FILE_NAME}.tmp"));
         let text = serde_json::to_string_pretty(self)
             .expect("a manifest should serialise: it holds only strings, numbers and lists");
-        std::fs::write(&tmp, text + "\n").map_err(SessionError::io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(SessionError::io(&path))
+        crate::fsutil::write_atomic(&path, (text + "\n").as_bytes())
+            .map_err(SessionError::io(&path))
     }
 
     /// Records that this process resumes the run in `run_dir`: continues the history

@@ -662,13 +662,11 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), SessionError> {
     if keep.len() == text.lines().count() {
         return Ok(());
     }
-    let tmp = path.with_extension("jsonl.tmp");
     let mut body = keep.join("\n");
     if !body.is_empty() {
         body.push('\n');
     }
-    std::fs::write(&tmp, body).map_err(SessionError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(SessionError::io(path))
+    crate::fsutil::write_atomic(path, body.as_bytes()).map_err(SessionError::io(path))
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! listing read keeps its modification time, so reopening costs one `stat` per directory.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -114,22 +113,10 @@ pub(super) fn store(path: &Path, fingerprint: Fingerprint, index: Index) -> Inde
 }
 
 fn write_atomic(path: &Path, file: &CacheFile) -> Result<(), DataError> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let fail = |path: &Path, reason: String| DataError::Write {
+    let fail = |reason: String| DataError::Write {
         path: path.to_owned(),
         reason,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| fail(dir, e.to_string()))?;
-    }
-    let json = serde_json::to_string(file).map_err(|e| fail(path, e.to_string()))?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    tmp_name.push(format!(".tmp{}-{n}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, json).map_err(|e| fail(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        fail(path, e.to_string())
-    })
+    let json = serde_json::to_string(file).map_err(|e| fail(e.to_string()))?;
+    crate::fsutil::write_atomic(path, json.as_bytes()).map_err(|e| fail(e.to_string()))
 }
