@@ -4,10 +4,7 @@
 use std::{
     io::IsTerminal,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
 };
 
 use anyhow::{Context, Result, bail};
@@ -15,17 +12,33 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     plugins::PluginRegistry,
-    session::{RunOptions, SessionEvent, pretrain::StopReason, run_session},
+    session::{RunOptions, SessionControl, SessionEvent, pretrain::StopReason, run_session},
     workspace::{overrides, schema},
 };
 
 /// Self-supervised ViT workbench.
 #[derive(Debug, Parser)]
-#[command(name = "patchwork", version, about)]
+#[command(
+    name = "patchwork",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// A workspace to open in the terminal UI (`patchwork FILE` = `patchwork tui FILE`).
+    pub file: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Whether this command line opens the terminal UI (which owns the screen, so
+    /// logs go to its log panel instead of stderr).
+    pub fn opens_tui(&self) -> bool {
+        matches!(self.command, Some(Command::Tui { .. })) || self.file.is_some()
+    }
 }
 
 /// Subcommands.
@@ -35,6 +48,17 @@ pub enum Command {
     Check {
         /// Workspace file.
         file: PathBuf,
+        /// Extra plugin directory.
+        #[arg(long = "plugins")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// Open a workspace in the terminal UI: start, pause, stop and compare its sessions.
+    Tui {
+        /// Workspace file.
+        file: PathBuf,
+        /// Override a field: `--set sessions.NAME.stages.0.epochs=3`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
         /// Extra plugin directory.
         #[arg(long = "plugins")]
         plugin_dirs: Vec<PathBuf>,
@@ -125,26 +149,43 @@ pub fn plugin_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
     dirs
 }
 
-fn load_workspace(file: &Path) -> Result<(schema::Workspace, String)> {
+/// Reads and validates the workspace `file`; returns it and its text.
+pub(crate) fn load_workspace(file: &Path) -> Result<(schema::Workspace, String)> {
     let source = std::fs::read_to_string(file)
         .with_context(|| format!("reading workspace '{}'", file.display()))?;
     let ws = schema::parse(&source, file)?;
     Ok((ws, source))
 }
 
-fn registry_for(ws: &schema::Workspace, file: &Path, extra: &[PathBuf]) -> PluginRegistry {
+/// Every folder searched for the plugins of `ws` (the file at `file`), with `extra`.
+pub(crate) fn search_dirs(ws: &schema::Workspace, file: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = ws
         .plugin_dirs
         .iter()
         .map(|d| schema::resolve(file, d))
         .collect();
     dirs.extend(extra.iter().cloned());
-    PluginRegistry::discover(&plugin_dirs(&dirs))
+    plugin_dirs(&dirs)
+}
+
+fn registry_for(ws: &schema::Workspace, file: &Path, extra: &[PathBuf]) -> PluginRegistry {
+    PluginRegistry::discover(&search_dirs(ws, file, extra))
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return match cli.file {
+            Some(file) => crate::tui::run(&file, &[], &[]),
+            None => bail!("give a workspace file or a command (see 'patchwork --help')"),
+        };
+    };
+    match command {
+        Command::Tui {
+            file,
+            sets,
+            plugin_dirs,
+        } => crate::tui::run(&file, &sets, &plugin_dirs),
         Command::Check { file, plugin_dirs } => check(&file, &plugin_dirs),
         Command::Run {
             file,
@@ -262,11 +303,11 @@ struct RunFlags {
 /// The flag SIGINT/SIGTERM set: the first signal asks the running session to stop after
 /// its current step (checkpointing first); a second one exits at once (checkpoints are
 /// written atomically, so the last one stays whole).
-fn stop_on_signal() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
+fn stop_on_signal() -> Arc<SessionControl> {
+    let stop = Arc::new(SessionControl::new());
     let flag = Arc::clone(&stop);
     let installed = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
+        if flag.swap_stop() {
             eprintln!("second interrupt: exiting now (the last checkpoint is intact)");
             std::process::exit(130);
         }
@@ -306,7 +347,8 @@ fn run_workspace(
         workspace_path: file.to_path_buf(),
         workspace_source: source,
         max_steps: flags.max_steps,
-        stop: stop_on_signal(),
+        control: stop_on_signal(),
+        attention_images: 0,
     };
     let resume_hint = format!("patchwork run {} --resume", file.display());
     let mut failed = Vec::new();
@@ -440,6 +482,9 @@ impl Printer {
                 self.line(&format!("{name}: {:.2} %", 100.0 * value))
             }
             SessionEvent::Log(l) => self.line(&l),
+            SessionEvent::Paused { step } => self.line(&format!("paused after step {step}")),
+            SessionEvent::Resumed { step } => self.line(&format!("resumed at step {step}")),
+            SessionEvent::Attention(_) => {}
         }
     }
 

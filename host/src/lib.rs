@@ -2,7 +2,8 @@
 //!
 //! Module groups and the direction of their dependencies:
 //!
-//! - [`cli`] drives [`session`] (and, later, the TUI does the same);
+//! - [`cli`] and [`tui`] drive [`session`]: the CLI one session after another, the
+//!   TUI on background threads, steering them through a `SessionControl`;
 //! - [`session`] runs a backbone plus ordered stages and uses [`engine`], [`plugins`],
 //!   [`data`] and [`eval`]; events flow out on a channel;
 //! - [`plugins`] loads plugin libraries and binds them to the op table in [`engine`];
@@ -19,4 +20,5 @@ pub mod eval;
 pub mod fsutil;
 pub mod plugins;
 pub mod session;
+pub mod tui;
 pub mod workspace;

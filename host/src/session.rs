@@ -1,6 +1,8 @@
 //! A session = one backbone plus ordered stages. The step loop lives here; events
 //! flow out to whoever drives the session (the CLI's printer, later the TUI).
 
+pub mod attention;
+pub mod control;
 pub mod error;
 pub mod eval_stage;
 pub mod events;
@@ -11,6 +13,7 @@ pub mod pretrain;
 pub mod report;
 pub mod runner;
 
+pub use control::SessionControl;
 pub use error::SessionError;
 pub use events::SessionEvent;
 pub use runner::{RunOptions, SessionOutcome, run_session};

@@ -1,6 +1,8 @@
 //! What a running session reports.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
+
+use super::attention::AttentionMaps;
 
 /// One event out of a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,4 +50,17 @@ pub enum SessionEvent {
     },
     /// A log line.
     Log(String),
+    /// The session paused after `step` (it waits until resumed or stopped).
+    Paused {
+        /// Optimizer steps done.
+        step: u64,
+    },
+    /// The session went on after a pause.
+    Resumed {
+        /// Optimizer steps done.
+        step: u64,
+    },
+    /// Last-layer CLS attention of a few validation images (random init, each epoch
+    /// end, after evaluation).
+    Attention(Arc<AttentionMaps>),
 }

@@ -5,10 +5,7 @@ use std::{
     collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::Instant,
 };
 
@@ -17,7 +14,10 @@ use candle_core::{Tensor, Var, backprop::GradStore};
 use patchwork_plugin_api::abi::{BatchAbi, InstanceId, StepInfo, TensorId};
 use rand_chacha::ChaCha8Rng;
 
-use super::{SessionError, SessionEvent, plugin_call::check};
+use super::{
+    SessionError, SessionEvent, attention::AttentionCapture, control::SessionControl,
+    plugin_call::check,
+};
 use crate::{
     data::{
         loader::{Dataset, Loader, LoaderConfig, Transform, batches_per_epoch},
@@ -138,8 +138,10 @@ pub struct StageEnv<'a> {
     pub metadata: BTreeMap<String, String>,
     /// Stop (checkpointing first) once the session has run this many optimizer steps.
     pub max_steps: Option<u64>,
-    /// Set from another thread (a signal handler, the UI) to stop after the current step.
-    pub stop: Arc<AtomicBool>,
+    /// Stop and pause requests from another thread (a signal handler, the UI).
+    pub control: Arc<SessionControl>,
+    /// Captures last-layer attention maps at each epoch end (the TUI's attention view).
+    pub attention: Option<AttentionCapture<'a>>,
 }
 
 /// Why a stage ended before its last epoch.
@@ -528,6 +530,13 @@ pub fn run(
             for line in context::with(|c| std::mem::take(&mut c.logs)).unwrap_or_default() {
                 emit(SessionEvent::Log(line));
             }
+            env.control.hold(|paused| {
+                emit(if paused {
+                    SessionEvent::Paused { step }
+                } else {
+                    SessionEvent::Resumed { step }
+                })
+            });
             let end_of_epoch = batch.batch + 1 == spe as usize;
             let stop = stop_reason(&env, step);
             // The epoch mean of the `keep_best` metric, when this epoch beats the best.
@@ -598,6 +607,15 @@ pub fn run(
                 epoch,
                 mean_loss: mean,
             });
+            if let Some(capture) = &env.attention {
+                match capture.capture(&format!("epoch {}", epoch + 1)) {
+                    Ok(maps) => emit(SessionEvent::Attention(Arc::new(maps))),
+                    Err(e) => emit(SessionEvent::Log(format!(
+                        "warning: no attention maps after epoch {}: {e}",
+                        epoch + 1
+                    ))),
+                }
+            }
         }
         epoch += 1;
         start_batch = 0;
@@ -635,7 +653,7 @@ fn keep_as_best(ckpt: &Path, dir: &Path) -> Result<(), SessionError> {
 fn stop_reason(env: &StageEnv<'_>, step: u64) -> Option<StopReason> {
     if env.max_steps.is_some_and(|max| step >= max) {
         Some(StopReason::MaxSteps)
-    } else if env.stop.load(Ordering::SeqCst) {
+    } else if env.control.stop_requested() {
         Some(StopReason::Interrupted)
     } else {
         None

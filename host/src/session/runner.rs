@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, atomic::AtomicBool},
+    sync::Arc,
     time::Instant,
 };
 
@@ -13,6 +13,8 @@ use patchwork_plugin_api::abi::{InstanceId, PluginKind};
 
 use super::{
     SessionError, SessionEvent,
+    attention::{AttentionCapture, AttentionProbe},
+    control::SessionControl,
     eval_stage::{BackboneInstance, knn},
     plugin_call::{check, create},
     pretrain::{self, StageEnv, Stopped},
@@ -39,8 +41,11 @@ pub struct RunOptions {
     pub workspace_source: String,
     /// Stop (checkpointing first) once a session has run this many optimizer steps.
     pub max_steps: Option<u64>,
-    /// Set from another thread (signal handler, UI) to stop after the current step.
-    pub stop: Arc<AtomicBool>,
+    /// Stop and pause requests from another thread (signal handler, UI).
+    pub control: Arc<SessionControl>,
+    /// Validation images whose last-layer CLS attention is captured at random init,
+    /// at each epoch end and after evaluation (0: none; the TUI asks for a few).
+    pub attention_images: usize,
 }
 
 /// What a finished session leaves.
@@ -90,6 +95,31 @@ pub fn open_source(ws: &Workspace, name: &str, ws_path: &Path) -> Result<Data, S
     })
 }
 
+/// Emits the attention maps of `probe`'s images at `scope`, or a warning when the
+/// backbone cannot give them; the session goes on either way.
+fn capture_attention(
+    probe: Option<&AttentionProbe>,
+    plugin: &LoadedPlugin,
+    config: &str,
+    scope: &str,
+    label: &str,
+    emit: &mut dyn FnMut(SessionEvent),
+) {
+    let Some(probe) = probe else { return };
+    let capture = AttentionCapture {
+        probe,
+        plugin,
+        config,
+        scope: scope.to_string(),
+    };
+    match capture.capture(label) {
+        Ok(maps) => emit(SessionEvent::Attention(Arc::new(maps))),
+        Err(e) => emit(SessionEvent::Log(format!(
+            "warning: no attention maps ({label}): {e}"
+        ))),
+    }
+}
+
 /// Guard that uninstalls the session context however the session ends.
 struct ContextGuard;
 
@@ -100,7 +130,7 @@ impl Drop for ContextGuard {
 }
 
 /// Creates a backbone instance with its parameters under `scope`.
-fn backbone_at<'a>(
+pub(super) fn backbone_at<'a>(
     plugin: &'a LoadedPlugin,
     config: &str,
     scope: &str,
@@ -128,7 +158,7 @@ fn knn_at(
     acc
 }
 
-fn destroy(plugin: &LoadedPlugin, instance: InstanceId) {
+pub(super) fn destroy(plugin: &LoadedPlugin, instance: InstanceId) {
     (plugin.root.destroy())(instance);
 }
 
@@ -233,6 +263,15 @@ pub fn run_session(
         ),
         ..Default::default()
     };
+    let probe = match AttentionProbe::new(&data, opts.attention_images) {
+        Ok(p) => p,
+        Err(e) => {
+            emit(SessionEvent::Log(format!(
+                "warning: no attention view for this session: {e}"
+            )));
+            None
+        }
+    };
     let mut result_scope = "backbone".to_string();
     let mut random_knn: Option<f64> = None;
     let mut tasks = tasks.into_iter();
@@ -271,6 +310,15 @@ pub fn run_session(
                         metadata.insert("knn_random_init".to_string(), acc.to_string());
                         random_knn = Some(acc);
                     }
+                    let label = if resuming { "resumed" } else { "random init" };
+                    capture_attention(
+                        probe.as_ref(),
+                        backbone_plugin,
+                        &session.backbone.config,
+                        &result_scope,
+                        label,
+                        emit,
+                    );
                     report.task = Some(format!("{} {}", p.task.name, p.task.config.trim()));
                     let env = StageEnv {
                         task: (plugin, instance),
@@ -285,7 +333,13 @@ pub fn run_session(
                         resume: opts.resume,
                         metadata,
                         max_steps: opts.max_steps,
-                        stop: Arc::clone(&opts.stop),
+                        control: Arc::clone(&opts.control),
+                        attention: probe.as_ref().map(|probe| AttentionCapture {
+                            probe,
+                            plugin: backbone_plugin,
+                            config: &session.backbone.config,
+                            scope: result_scope.clone(),
+                        }),
                     };
                     let outcome = pretrain::run(env, emit);
                     destroy(plugin, instance);
@@ -325,6 +379,14 @@ pub fn run_session(
                             trained: acc,
                         });
                     }
+                    capture_attention(
+                        probe.as_ref(),
+                        backbone_plugin,
+                        &session.backbone.config,
+                        &result_scope,
+                        "trained",
+                        emit,
+                    );
                 }
             }
         }

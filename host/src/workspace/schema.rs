@@ -61,6 +61,9 @@ pub struct Workspace {
     pub data: BTreeMap<String, DataSource>,
     /// The sessions, in the order they run.
     pub sessions: Vec<Session>,
+    /// Sessions the TUI trains at once (`patchwork run` runs them one after another).
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
 }
 
 /// A named source of images.
@@ -365,6 +368,10 @@ impl DeviceSpec {
     }
 }
 
+fn default_parallel() -> usize {
+    1
+}
+
 fn default_output() -> PathBuf {
     PathBuf::from("runs")
 }
@@ -622,6 +629,7 @@ pub(crate) struct Problem {
 #[derive(Debug)]
 pub(crate) enum At {
     Root,
+    Field(&'static str),
     Sessions,
     Session(usize, &'static str),
     Stage(usize, usize, &'static str),
@@ -637,6 +645,7 @@ impl At {
         let stage = |i: usize, j: usize| Some(session(i)?.field("stages")?.item(j)?.inner());
         let node = match self {
             At::Root => Some(root),
+            At::Field(f) => root.field(f).or(Some(root)),
             At::Sessions => root.field("sessions").or(Some(root)),
             At::Session(i, f) => session(*i).map(|s| s.field(f).unwrap_or(s)),
             At::Stage(i, j, f) => stage(*i, *j).map(|s| s.field(f).unwrap_or(s)),
@@ -668,6 +677,12 @@ pub(crate) fn check(ws: &Workspace, base_dir: Option<&Path>) -> std::result::Res
         return problem(
             At::Root,
             format!("workspace name '{}' cannot name a folder", ws.name),
+        );
+    }
+    if ws.parallel == 0 {
+        return problem(
+            At::Field("parallel"),
+            "parallel must be at least 1 (sessions the TUI trains at once), got '0'".into(),
         );
     }
     for (name, source) in &ws.data {
@@ -1351,6 +1366,13 @@ mod tests {
         let pretrain = "Pretrain((task: Plugin(name: \"dino\"), epochs: 1))";
         let cases = [
             (ws(""), "ws.ron:1:57: workspace has no sessions"),
+            (
+                format!(
+                    "Workspace(name: \"w\", parallel: 0, sessions: [{}])",
+                    session("", pretrain)
+                ),
+                "ws.ron:1:32: parallel must be at least 1",
+            ),
             (
                 ws(&session("device: \"gpu\",", pretrain)),
                 "ws.ron:1:127: session 's': device 'gpu' is neither 'cpu' nor 'cuda:N'",
