@@ -93,6 +93,9 @@ pub enum Command {
     /// Dataset tools.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Write a new plugin crate to build outside this repository.
+    #[command(subcommand)]
+    New(NewCommand),
     /// Write CLS features of images to a safetensors file.
     Embed(crate::bench::EmbedArgs),
     /// Measure training throughput: plugin path vs native model.
@@ -108,6 +111,27 @@ pub enum Command {
         a: PathBuf,
         /// Second run folder.
         b: PathBuf,
+    },
+}
+
+/// `patchwork new ...`.
+#[derive(Debug, Subcommand)]
+pub enum NewCommand {
+    /// A standalone plugin crate: Cargo.toml, a working implementation of its kind,
+    /// unit tests, a README and an example workspace.
+    Plugin {
+        /// Plugin and crate name.
+        name: String,
+        /// What kind of plugin.
+        #[arg(long, value_enum)]
+        kind: crate::scaffold::Kind,
+        /// The folder to create `NAME/` in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The patchwork-plugin-api crate folder (default: the checkout this binary
+        /// was built from).
+        #[arg(long)]
+        api: Option<PathBuf>,
     },
 }
 
@@ -217,6 +241,26 @@ pub fn run(cli: Cli) -> Result<()> {
             rows,
             seed,
         }) => preview(&file, &source, &out, rows, seed),
+        Command::New(NewCommand::Plugin {
+            name,
+            kind,
+            dir,
+            api,
+        }) => {
+            let req = crate::scaffold::NewPlugin {
+                name,
+                kind,
+                dir,
+                api,
+            };
+            let root = crate::scaffold::new_plugin(&req)?;
+            println!(
+                "wrote '{}': build it with `cargo build` there, then `patchwork run {}`",
+                root.display(),
+                root.join("workspace.ron").display()
+            );
+            Ok(())
+        }
         Command::Embed(args) => crate::bench::embed(&args),
         Command::Bench(args) => crate::bench::bench(&args),
         Command::Report { run_dir } => {

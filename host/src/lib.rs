@@ -19,6 +19,7 @@ pub mod engine;
 pub mod eval;
 pub mod fsutil;
 pub mod plugins;
+pub mod scaffold;
 pub mod session;
 pub mod tui;
 pub mod workspace;

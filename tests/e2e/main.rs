@@ -10,6 +10,7 @@ mod plugins;
 mod provenance;
 mod quickstart;
 mod resume;
+mod scaffold;
 mod tui;
 
 use std::path::{Path, PathBuf};
