@@ -80,6 +80,10 @@ pub enum Command {
         /// first); `--resume` continues.
         #[arg(long, value_name = "N")]
         max_steps: Option<u64>,
+        /// Do not watch the plugin folders (by default a rebuilt plugin library is
+        /// swapped into the running session at its next step).
+        #[arg(long)]
+        no_reload: bool,
         /// Extra plugin directory.
         #[arg(long = "plugins")]
         plugin_dirs: Vec<PathBuf>,
@@ -217,12 +221,17 @@ pub fn run(cli: Cli) -> Result<()> {
             sets,
             resume,
             max_steps,
+            no_reload,
             plugin_dirs,
         } => run_workspace(
             &file,
             session.as_deref(),
             &sets,
-            RunFlags { resume, max_steps },
+            RunFlags {
+                resume,
+                max_steps,
+                reload: !no_reload,
+            },
             &plugin_dirs,
         ),
         Command::Plugins { dir } => {
@@ -342,6 +351,31 @@ fn print_plugins(reg: &PluginRegistry) {
 struct RunFlags {
     resume: bool,
     max_steps: Option<u64>,
+    reload: bool,
+}
+
+/// Watches the plugin folders `dirs`; each changed library is loaded (from a private
+/// copy) and offered to the session `control` steers, which swaps it in at its next
+/// step if it is a new build of a plugin it uses.
+pub(crate) fn watch_plugins(
+    dirs: &[PathBuf],
+    offer: impl Fn(crate::session::reload::ReloadOffer) + Send + 'static,
+) -> Option<crate::plugins::watch::PluginWatch> {
+    let watch = crate::plugins::watch::watch(dirs, move |path, detected| {
+        let result = crate::plugins::loader::load(&path).map_err(|e| e.to_string());
+        offer(crate::session::reload::ReloadOffer {
+            path,
+            detected,
+            result,
+        });
+    });
+    match watch {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("{e}; plugins will not be hot-reloaded");
+            None
+        }
+    }
 }
 
 /// The flag SIGINT/SIGTERM set: the first signal asks the running session to stop after
@@ -374,7 +408,8 @@ fn run_workspace(
 ) -> Result<()> {
     let (ws, source) = load_workspace(file)?;
     let ws = overrides::apply(ws, sets)?;
-    let registry = registry_for(&ws, file, extra);
+    let dirs = search_dirs(&ws, file, extra);
+    let registry = PluginRegistry::discover(&dirs);
     let sessions: Vec<&schema::Session> = match only {
         Some(name) => vec![ws.session(name).with_context(|| {
             let known: Vec<&str> = ws.sessions.iter().map(|s| s.name.as_str()).collect();
@@ -394,6 +429,11 @@ fn run_workspace(
         control: stop_on_signal(),
         attention_images: 0,
     };
+    let control = Arc::clone(&opts.control);
+    let _watch = flags
+        .reload
+        .then(|| watch_plugins(&dirs, move |offer| control.offer(offer)))
+        .flatten();
     let resume_hint = format!("patchwork run {} --resume", file.display());
     let mut failed = Vec::new();
     for session in sessions {
@@ -529,6 +569,11 @@ impl Printer {
             SessionEvent::Paused { step } => self.line(&format!("paused after step {step}")),
             SessionEvent::Resumed { step } => self.line(&format!("resumed at step {step}")),
             SessionEvent::Attention(_) => {}
+            SessionEvent::Reloaded(s) => self.line(&format!("hot reload: {}", s.line())),
+            SessionEvent::ReloadFailed { path, error } => self.line(&format!(
+                "warning: '{}' was not swapped in (the old build keeps running): {error}",
+                path.display()
+            )),
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod loader;
 pub mod registry;
+pub mod watch;
 
 pub use loader::{LoadError, LoadedPlugin, load};
 pub use registry::{PluginRegistry, RegistryError};

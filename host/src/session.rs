@@ -10,8 +10,10 @@ pub mod inspect;
 pub mod manifest;
 pub mod plugin_call;
 pub mod pretrain;
+pub mod reload;
 pub mod report;
 pub mod runner;
+mod stage_optim;
 
 pub use control::SessionControl;
 pub use error::SessionError;

@@ -9,6 +9,7 @@ mod gradients;
 mod plugins;
 mod provenance;
 mod quickstart;
+mod reload;
 mod resume;
 mod scaffold;
 mod tui;

@@ -39,6 +39,18 @@ pub struct HostContext {
     next_backbone: u64,
     /// Log lines plugins wrote since the last drain.
     pub logs: Vec<String>,
+    /// Set while a hot-reloaded plugin is created: which parameters it asked for, and
+    /// which it asked for in a new shape (re-initialised instead of refused).
+    pub reload: Option<ReloadTrack>,
+}
+
+/// The parameters a plugin build asked for while being created.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadTrack {
+    /// Every name asked for.
+    pub touched: std::collections::BTreeSet<String>,
+    /// Names asked for in another shape than stored (re-initialised).
+    pub reshaped: Vec<String>,
 }
 
 impl HostContext {
@@ -52,6 +64,7 @@ impl HostContext {
             backbones: BTreeMap::new(),
             next_backbone: 1,
             logs: Vec::new(),
+            reload: None,
         }
     }
 

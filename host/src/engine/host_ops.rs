@@ -437,8 +437,26 @@ extern "C" fn param(
 ) -> RResult<TensorId, AbiError> {
     run(|| {
         let t = context::with(|c| {
-            c.store
-                .get_or_create(name.as_str(), shape.as_slice(), init, trainable, &mut c.rng)
+            let name = name.as_str();
+            let Some(track) = c.reload.as_mut() else {
+                return c
+                    .store
+                    .get_or_create(name, shape.as_slice(), init, trainable, &mut c.rng);
+            };
+            // Hot reload: record the name; a new shape replaces the old parameter.
+            track.touched.insert(name.to_string());
+            match c
+                .store
+                .get_or_create(name, shape.as_slice(), init, trainable, &mut c.rng)
+            {
+                Err(store::StoreError::ShapeMismatch { .. }) => {
+                    track.reshaped.push(name.to_string());
+                    c.store.remove(name);
+                    c.store
+                        .get_or_create(name, shape.as_slice(), init, trainable, &mut c.rng)
+                }
+                other => other,
+            }
         })
         .ok_or_else(no_context)?
         .map_err(host_err)?;

@@ -99,6 +99,22 @@ impl ParamStore {
         Ok(out)
     }
 
+    /// Removes parameter `name` (hot reload: gone from the new build, or reshaped).
+    pub fn remove(&mut self, name: &str) -> Option<Param> {
+        self.params.remove(name)
+    }
+
+    /// A copy of the parameter table (the variables are shared, not copied), to put
+    /// back with [`restore`](Self::restore) when a swap fails.
+    pub fn snapshot(&self) -> BTreeMap<String, Param> {
+        self.params.clone()
+    }
+
+    /// Puts back a table taken with [`snapshot`](Self::snapshot).
+    pub fn restore(&mut self, params: BTreeMap<String, Param>) {
+        self.params = params;
+    }
+
     /// Every parameter, by name.
     pub fn params(&self) -> &BTreeMap<String, Param> {
         &self.params

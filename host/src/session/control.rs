@@ -6,12 +6,15 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+use super::reload::ReloadOffer;
+
 /// Stop and pause requests for one session (shared with the signal handler or the UI).
 #[derive(Debug, Default)]
 pub struct SessionControl {
     stop: AtomicBool,
     paused: Mutex<bool>,
     wake: Condvar,
+    offers: Mutex<Vec<ReloadOffer>>,
 }
 
 impl SessionControl {
@@ -61,6 +64,20 @@ impl SessionControl {
     /// Whether a pause is asked for.
     pub fn pause_requested(&self) -> bool {
         *self.paused_lock()
+    }
+
+    /// Hands a changed plugin library (loaded or not) to the session, which looks at
+    /// it at its next step boundary.
+    pub fn offer(&self, offer: ReloadOffer) {
+        self.offers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(offer);
+    }
+
+    /// The offers made since the last call.
+    pub fn take_offers(&self) -> Vec<ReloadOffer> {
+        std::mem::take(&mut *self.offers.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Called by the session between steps: when a pause is asked for, calls

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use super::attention::AttentionMaps;
+use super::{attention::AttentionMaps, reload::Swapped};
 
 /// One event out of a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +59,15 @@ pub enum SessionEvent {
     Resumed {
         /// Optimizer steps done.
         step: u64,
+    },
+    /// A new build of a plugin was swapped in.
+    Reloaded(Box<Swapped>),
+    /// A changed plugin library could not be swapped in; the old build keeps running.
+    ReloadFailed {
+        /// The library file.
+        path: PathBuf,
+        /// Why.
+        error: String,
     },
     /// Last-layer CLS attention of a few validation images (random init, each epoch
     /// end, after evaluation).

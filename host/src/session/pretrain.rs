@@ -10,13 +10,17 @@ use std::{
 };
 
 use abi_stable::std_types::{ROption, RVec};
-use candle_core::{Tensor, Var, backprop::GradStore};
+use candle_core::{Tensor, Var};
 use patchwork_plugin_api::abi::{BatchAbi, InstanceId, StepInfo, TensorId};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
-    SessionError, SessionEvent, attention::AttentionCapture, control::SessionControl,
+    SessionError, SessionEvent,
+    attention::AttentionCapture,
+    control::SessionControl,
     plugin_call::check,
+    reload::{Live, take_offer},
+    stage_optim::{Optim, Schedules, trainable_params},
 };
 use crate::{
     data::{
@@ -27,94 +31,15 @@ use crate::{
     engine::{
         checkpoint::{self, Checkpoint},
         clip::clip_per_param,
-        context, optim, registry,
-        schedule::cosine,
+        context, registry,
     },
     plugins::LoadedPlugin,
-    workspace::schema::{KeepBest, Optimizer, PretrainStage},
+    workspace::schema::{KeepBest, PretrainStage},
 };
-
-/// The optimizer of a stage, with its state saved in checkpoints.
-enum Optim {
-    AdamW(optim::AdamW),
-    Sgd(optim::Sgd),
-}
-
-impl Optim {
-    fn new(cfg: &Optimizer, params: Vec<(String, Var, bool)>) -> Result<Self, optim::OptimError> {
-        Ok(match cfg {
-            Optimizer::AdamW(c) => Self::AdamW(optim::AdamW::new(
-                params,
-                optim::AdamWConfig {
-                    beta1: c.beta1,
-                    beta2: c.beta2,
-                    ..Default::default()
-                },
-            )?),
-            Optimizer::Sgd(c) => Self::Sgd(optim::Sgd::new(
-                params,
-                optim::SgdConfig {
-                    momentum: c.momentum,
-                    ..Default::default()
-                },
-            )?),
-        })
-    }
-    fn step(&mut self, g: &GradStore, lr: f64, wd: f64) -> Result<(), optim::OptimError> {
-        match self {
-            Self::AdamW(o) => o.step(g, lr, wd),
-            Self::Sgd(o) => o.step(g, lr, wd),
-        }
-    }
-    fn state(&self) -> Result<Vec<(String, Tensor)>, optim::OptimError> {
-        match self {
-            Self::AdamW(o) => o.state(),
-            Self::Sgd(o) => o.state(),
-        }
-    }
-    fn load_state(&mut self, e: &[(String, Tensor)]) -> Result<(), optim::OptimError> {
-        match self {
-            Self::AdamW(o) => o.load_state(e),
-            Self::Sgd(o) => o.load_state(e),
-        }
-    }
-}
-
-/// The schedules of a stage: (lr, weight decay) at a step.
-struct Schedules {
-    lr: (f64, f64, u64),
-    wd: (f64, f64),
-    clip: f64,
-    total: u64,
-}
-
-impl Schedules {
-    fn new(cfg: &Optimizer, steps_per_epoch: u64, total: u64) -> Self {
-        match cfg {
-            Optimizer::AdamW(c) => Self {
-                lr: (c.lr, c.min_lr, u64::from(c.warmup_epochs) * steps_per_epoch),
-                wd: (c.weight_decay, c.weight_decay_end),
-                clip: c.clip_grad,
-                total,
-            },
-            Optimizer::Sgd(c) => Self {
-                lr: (c.lr, c.min_lr, u64::from(c.warmup_epochs) * steps_per_epoch),
-                wd: (c.weight_decay, c.weight_decay),
-                clip: 0.0,
-                total,
-            },
-        }
-    }
-    fn at(&self, step: u64) -> (f64, f64) {
-        let lr = cosine(self.lr.0, self.lr.1, self.lr.2, 0.0, self.total, step);
-        let wd = cosine(self.wd.0, self.wd.1, 0, self.wd.0, self.total, step);
-        (lr, wd)
-    }
-}
 
 /// Everything the stage needs from the session.
 pub struct StageEnv<'a> {
-    /// The pretext plugin and its instance.
+    /// The pretext plugin and its instance (the stage destroys it when done).
     pub task: (&'a LoadedPlugin, InstanceId),
     /// The stage settings.
     pub stage: &'a PretrainStage,
@@ -178,6 +103,8 @@ pub struct PretrainOutcome {
     pub restored_metadata: BTreeMap<String, String>,
     /// Set when the stage stopped before its last epoch.
     pub stopped: Option<Stopped>,
+    /// The new build of the backbone plugin, when one was swapped in.
+    pub swapped_backbone: Option<LoadedPlugin>,
 }
 
 fn rng_state(rng: &ChaCha8Rng) -> String {
@@ -324,9 +251,14 @@ pub fn run(
     env: StageEnv<'_>,
     emit: &mut dyn FnMut(SessionEvent),
 ) -> Result<PretrainOutcome, SessionError> {
-    let (plugin, instance) = env.task;
     let stage = env.stage;
-    let specs = view_specs(plugin, instance)?;
+    let mut live = Live {
+        task: env.task.0.clone(),
+        instance: env.task.1,
+        task_ref: &stage.task,
+    };
+    let mut specs = view_specs(&live.task, live.instance)?;
+    let mut swapped_backbone = None;
     let loader_cfg = LoaderConfig {
         batch_size: stage.batch_size,
         seed: env.seed,
@@ -343,16 +275,8 @@ pub fn run(
     let epochs = u64::from(stage.epochs);
     let total = spe * epochs;
     let sched = Schedules::new(&stage.optimizer, spe, total);
-    let params: Vec<(String, Var, bool)> = context::with(|c| {
-        c.store
-            .params()
-            .iter()
-            .filter(|(_, p)| p.trainable)
-            .map(|(n, p)| (n.clone(), p.var.clone(), optim::decays(n, p.var.dims())))
-            .collect()
-    })
-    .unwrap_or_default();
-    let vars: Vec<(String, Var)> = params
+    let params = trainable_params();
+    let mut vars: Vec<(String, Var)> = params
         .iter()
         .map(|(n, v, _)| (n.clone(), v.clone()))
         .collect();
@@ -386,7 +310,7 @@ pub fn run(
         }
     }
     emit(SessionEvent::StageStarted {
-        stage: format!("pretrain ({})", plugin.name()),
+        stage: format!("pretrain ({})", live.task.name()),
         total_steps: total,
         start_step: step,
     });
@@ -405,7 +329,7 @@ pub fn run(
     } else {
         env.checkpoint_every
     };
-    let var_list: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut var_list: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
 
     let mut stopped: Option<Stopped> = None;
     if let (Some(reason), Some(checkpoint)) = (stop_reason(&env, step), &last_good) {
@@ -451,6 +375,7 @@ pub fn run(
                 total_steps: total,
                 epochs,
             };
+            let (plugin, instance) = (&live.task, live.instance);
             let out = check(
                 plugin,
                 "step",
@@ -537,6 +462,32 @@ pub fn run(
                     SessionEvent::Resumed { step }
                 })
             });
+            for offer in env.control.take_offers() {
+                let Some((record, backbone)) =
+                    take_offer(offer, &mut live, step, &mut opt, stage, emit)
+                else {
+                    continue;
+                };
+                writeln!(metrics, "{record}").map_err(SessionError::io(&metrics_path))?;
+                if backbone.is_some() {
+                    swapped_backbone = backbone;
+                }
+                if record["event"] == "reload" {
+                    let params = trainable_params();
+                    vars = params
+                        .iter()
+                        .map(|(n, v, _)| (n.clone(), v.clone()))
+                        .collect();
+                    var_list = vars.iter().map(|(_, v)| v.clone()).collect();
+                    let new_specs = view_specs(&live.task, live.instance)?;
+                    if new_specs != specs {
+                        emit(SessionEvent::Log(
+                            "warning: the new build asks for other views; they apply from the next epoch".into(),
+                        ));
+                        specs = new_specs;
+                    }
+                }
+            }
             let end_of_epoch = batch.batch + 1 == spe as usize;
             let stop = stop_reason(&env, step);
             // The epoch mean of the `keep_best` metric, when this epoch beats the best.
@@ -551,7 +502,7 @@ pub fn run(
                         return Err(SessionError::Unsupported(format!(
                             "keep_best: metric '{}' is not reported by task '{}' (it reports: loss, {})",
                             kb.metric,
-                            plugin.name(),
+                            live.task.name(),
                             metric_sums.keys().cloned().collect::<Vec<_>>().join(", ")
                         )));
                     };
@@ -628,6 +579,7 @@ pub fn run(
         images_per_sec,
         restored_metadata: restored,
         stopped,
+        swapped_backbone,
     })
 }
 

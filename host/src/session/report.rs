@@ -30,6 +30,8 @@ pub struct ReportData {
     pub knn: Option<KnnResult>,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Hot reloads, one line each (step, plugin, versions, parameters kept/new/dropped).
+    pub reloads: Vec<String>,
 }
 
 /// k-NN accuracies of one evaluation.
@@ -119,6 +121,12 @@ pub fn render(d: &ReportData) -> String {
                 "\nMargin: {:+.2} percentage points over the random-init backbone.",
                 100.0 * (k.trained - r)
             );
+        }
+    }
+    if !d.reloads.is_empty() {
+        let _ = writeln!(s, "\n## Hot reloads\n");
+        for line in &d.reloads {
+            let _ = writeln!(s, "- {line}");
         }
     }
     s

@@ -273,6 +273,8 @@ pub fn run_session(
         }
     };
     let mut result_scope = "backbone".to_string();
+    // The backbone build in use (a hot reload can replace it).
+    let mut backbone_live = backbone_plugin.clone();
     let mut random_knn: Option<f64> = None;
     let mut tasks = tasks.into_iter();
     let mut stopped = None;
@@ -297,7 +299,7 @@ pub fn run_session(
                     metadata.insert("result_scope".to_string(), result_scope.clone());
                     if let (Some(k), false) = (&knn_cfg, resuming) {
                         let acc = knn_at(
-                            backbone_plugin,
+                            &backbone_live,
                             &session.backbone.config,
                             &result_scope,
                             &data,
@@ -313,7 +315,7 @@ pub fn run_session(
                     let label = if resuming { "resumed" } else { "random init" };
                     capture_attention(
                         probe.as_ref(),
-                        backbone_plugin,
+                        &backbone_live,
                         &session.backbone.config,
                         &result_scope,
                         label,
@@ -336,14 +338,31 @@ pub fn run_session(
                         control: Arc::clone(&opts.control),
                         attention: probe.as_ref().map(|probe| AttentionCapture {
                             probe,
-                            plugin: backbone_plugin,
+                            plugin: &backbone_live,
                             config: &session.backbone.config,
                             scope: result_scope.clone(),
                         }),
                     };
-                    let outcome = pretrain::run(env, emit);
-                    destroy(plugin, instance);
+                    let mut reloads = Vec::new();
+                    let outcome = pretrain::run(env, &mut |e| {
+                        if let SessionEvent::Reloaded(s) = &e {
+                            reloads.push((**s).clone());
+                        }
+                        emit(e)
+                    });
+                    for s in &reloads {
+                        manifest.record_reload(&s.plugin, s.step, s.hashes.1.clone());
+                        report.reloads.push(s.line());
+                    }
+                    if !reloads.is_empty() {
+                        if let Err(w) = manifest.write(&run_dir) {
+                            tracing::warn!("cannot record the hot reload in the manifest: {w}");
+                        }
+                    }
                     let outcome = outcome?;
+                    if let Some(b) = outcome.swapped_backbone.clone() {
+                        backbone_live = b;
+                    }
                     if random_knn.is_none() {
                         random_knn = outcome
                             .restored_metadata
@@ -362,7 +381,7 @@ pub fn run_session(
                 Stage::Evaluate(evs) => {
                     for Evaluator::Knn(k) in evs {
                         let acc = knn_at(
-                            backbone_plugin,
+                            &backbone_live,
                             &session.backbone.config,
                             &result_scope,
                             &data,
@@ -381,7 +400,7 @@ pub fn run_session(
                     }
                     capture_attention(
                         probe.as_ref(),
-                        backbone_plugin,
+                        &backbone_live,
                         &session.backbone.config,
                         &result_scope,
                         "trained",

@@ -288,6 +288,29 @@ fn on_event(app: &mut App, index: usize, at: f64, event: SessionEvent) {
             app.push_log(Level::Info, &name, format!("resumed at step {step}"));
         }
         SessionEvent::Attention(maps) => row.attention = Some(maps),
+        SessionEvent::Reloaded(swapped) => {
+            if let Some(p) = app.plugins.iter_mut().find(|p| p.name == swapped.plugin) {
+                p.reloads += 1;
+                p.version.clone_from(&swapped.versions.1);
+                p.error = None;
+            }
+            app.push_log(
+                Level::Info,
+                &name,
+                format!("hot reload: {}", swapped.line()),
+            );
+        }
+        SessionEvent::ReloadFailed { path, error } => {
+            let file = path.display().to_string();
+            if let Some(p) = app.plugins.iter_mut().find(|p| p.file == file) {
+                p.error = Some(error.clone());
+            }
+            app.push_log(
+                Level::Warn,
+                &name,
+                format!("'{file}' was not swapped in (the old build keeps running): {error}"),
+            );
+        }
     }
 }
 
@@ -769,6 +792,61 @@ mod tests {
             a.log
                 .iter()
                 .any(|l| l.text == "epoch 1 done: mean loss 2.2000")
+        );
+    }
+
+    #[test]
+    fn hot_reloads_count_on_the_plugin_and_failures_show_its_error() {
+        let mut a = app(1, 1);
+        a.plugins = vec![PluginRow {
+            name: "dino".into(),
+            kind: "pretext".into(),
+            version: "0.1.0".into(),
+            file: "/p/libdino.so".into(),
+            loaded: true,
+            reloads: 0,
+            error: None,
+        }];
+        press(&mut a, "s");
+        let failed = SessionEvent::ReloadFailed {
+            path: PathBuf::from("/p/libdino.so"),
+            error: "plugin 'dino' panicked in create".into(),
+        };
+        event(&mut a, 0, 1.0, failed);
+        assert_eq!(
+            a.plugins[0].error.as_deref(),
+            Some("plugin 'dino' panicked in create")
+        );
+        assert_eq!(a.log.back().unwrap().level, Level::Warn);
+        let swapped = crate::session::reload::Swapped {
+            plugin: "dino".into(),
+            role: "task",
+            step: 12,
+            versions: ("0.1.0".into(), "0.2.0".into()),
+            hashes: (None, None),
+            kept: 40,
+            added: vec!["head.extra".into()],
+            dropped: Vec::new(),
+            reshaped: Vec::new(),
+            kept_checksum: (7, 7),
+            latency_secs: 0.05,
+            swap_secs: 0.01,
+        };
+        event(&mut a, 0, 2.0, SessionEvent::Reloaded(Box::new(swapped)));
+        let row = &a.plugins[0];
+        assert_eq!(
+            (row.reloads, row.version.as_str(), row.error.clone()),
+            (1, "0.2.0", None)
+        );
+        let line = &a.log.back().unwrap().text;
+        assert!(
+            line.starts_with("hot reload: step 12: task 'dino' 0.1.0 → 0.2.0 (40 kept, 1 new"),
+            "{line}"
+        );
+        assert_eq!(
+            a.sessions[0].state,
+            SessionState::Running,
+            "the session goes on"
         );
     }
 

@@ -6,19 +6,21 @@ use std::{
     any::Any,
     panic::{AssertUnwindSafe, catch_unwind},
     path::PathBuf,
-    sync::{Arc, mpsc::Sender},
+    sync::{Arc, Mutex, mpsc::Sender},
     thread,
     time::Instant,
 };
 
 use super::{
-    app::plugin_rows,
+    app::{Level, LogLine, plugin_rows},
     msg::{Command, Ended, Msg},
     terminal::SESSION_THREAD_PREFIX,
 };
 use crate::{
     plugins::PluginRegistry,
-    session::{RunOptions, SessionControl, SessionError, SessionOutcome, run_session},
+    session::{
+        RunOptions, SessionControl, SessionError, SessionOutcome, reload::ReloadOffer, run_session,
+    },
     workspace::schema::Workspace,
 };
 
@@ -32,9 +34,50 @@ pub struct Workers {
     plugin_dirs: Vec<PathBuf>,
     workspace_path: PathBuf,
     workspace_source: String,
-    controls: Vec<Option<Arc<SessionControl>>>,
+    controls: Arc<Mutex<Vec<Option<Arc<SessionControl>>>>>,
     tx: Sender<Msg>,
     started: Instant,
+    _watch: Option<crate::plugins::watch::PluginWatch>,
+}
+
+/// Offers a changed library to every session started so far (each swaps it in at
+/// its next step if it uses that plugin) and says so in the log.
+fn offer_to_all(
+    controls: &Mutex<Vec<Option<Arc<SessionControl>>>>,
+    tx: &Sender<Msg>,
+    offer: ReloadOffer,
+) {
+    let (level, text) = match &offer.result {
+        Ok(p) => (
+            Level::Info,
+            format!(
+                "'{}' changed: {} {} loaded; running sessions that use it swap it in at their next step",
+                offer.path.display(),
+                p.name(),
+                p.manifest.version
+            ),
+        ),
+        Err(e) => (
+            Level::Warn,
+            format!(
+                "'{}' changed but did not load (nothing swapped): {e}",
+                offer.path.display()
+            ),
+        ),
+    };
+    let _ = tx.send(Msg::Log(LogLine {
+        level,
+        source: "plugins".into(),
+        text,
+    }));
+    let controls = controls.lock().unwrap_or_else(|e| e.into_inner());
+    for c in controls.iter().flatten() {
+        c.offer(ReloadOffer {
+            path: offer.path.clone(),
+            detected: offer.detected,
+            result: offer.result.clone(),
+        });
+    }
 }
 
 /// The message of an error and its causes, on one line.
@@ -93,7 +136,13 @@ impl Workers {
         tx: Sender<Msg>,
         started: Instant,
     ) -> Self {
-        let controls = vec![None; ws.sessions.len()];
+        let controls = Arc::new(Mutex::new(vec![None; ws.sessions.len()]));
+        let watch = {
+            let (controls, tx) = (Arc::clone(&controls), tx.clone());
+            crate::cli::watch_plugins(&plugin_dirs, move |offer| {
+                offer_to_all(&controls, &tx, offer);
+            })
+        };
         Self {
             ws: Arc::new(ws),
             registry: Arc::new(registry),
@@ -103,17 +152,17 @@ impl Workers {
             controls,
             tx,
             started,
+            _watch: watch,
         }
     }
 
     /// Carries out `cmd` (`Exit` is the UI loop's business).
     pub fn execute(&mut self, cmd: &Command) {
-        let control = |i: usize| self.controls.get(i).and_then(Option::as_ref);
         match *cmd {
             Command::Start { index, resume } => self.start(index, resume),
-            Command::Pause(i) => control(i).map_or((), |c| c.pause()),
-            Command::Resume(i) => control(i).map_or((), |c| c.resume()),
-            Command::Stop(i) => control(i).map_or((), |c| c.request_stop()),
+            Command::Pause(i) => self.control(i).map_or((), |c| c.pause()),
+            Command::Resume(i) => self.control(i).map_or((), |c| c.resume()),
+            Command::Stop(i) => self.control(i).map_or((), |c| c.request_stop()),
             Command::ReloadPlugins => {
                 let registry = PluginRegistry::discover(&self.plugin_dirs);
                 let rows = plugin_rows(&registry);
@@ -126,9 +175,15 @@ impl Workers {
 
     /// Asks every live session to stop after its step (used when leaving at once).
     pub fn stop_all(&self) {
-        for c in self.controls.iter().flatten() {
+        let controls = self.controls.lock().unwrap_or_else(|e| e.into_inner());
+        for c in controls.iter().flatten() {
             c.request_stop();
         }
+    }
+
+    fn control(&self, i: usize) -> Option<Arc<SessionControl>> {
+        let controls = self.controls.lock().unwrap_or_else(|e| e.into_inner());
+        controls.get(i).and_then(Option::as_ref).cloned()
     }
 
     fn start(&mut self, index: usize, resume: bool) {
@@ -136,7 +191,14 @@ impl Workers {
             return;
         };
         let control = Arc::new(SessionControl::new());
-        self.controls[index] = Some(Arc::clone(&control));
+        if let Some(slot) = self
+            .controls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(index)
+        {
+            *slot = Some(Arc::clone(&control));
+        }
         let opts = RunOptions {
             resume,
             workspace_path: self.workspace_path.clone(),
