@@ -37,7 +37,10 @@ impl Cli {
     /// Whether this command line opens the terminal UI (which owns the screen, so
     /// logs go to its log panel instead of stderr).
     pub fn opens_tui(&self) -> bool {
-        matches!(self.command, Some(Command::Tui { .. })) || self.file.is_some()
+        matches!(
+            self.command,
+            Some(Command::Tui { .. } | Command::Dev { .. })
+        ) || self.file.is_some()
     }
 }
 
@@ -54,6 +57,18 @@ pub enum Command {
     },
     /// Open a workspace in the terminal UI: start, pause, stop and compare its sessions.
     Tui {
+        /// Workspace file.
+        file: PathBuf,
+        /// Override a field: `--set sessions.NAME.stages.0.epochs=3`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Extra plugin directory.
+        #[arg(long = "plugins")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// The terminal UI, plus a watcher on the workspace's plugin sources: a change
+    /// runs `cargo build` for that plugin and hot-reloads the new build.
+    Dev {
         /// Workspace file.
         file: PathBuf,
         /// Override a field: `--set sessions.NAME.stages.0.epochs=3`.
@@ -204,7 +219,7 @@ fn registry_for(ws: &schema::Workspace, file: &Path, extra: &[PathBuf]) -> Plugi
 pub fn run(cli: Cli) -> Result<()> {
     let Some(command) = cli.command else {
         return match cli.file {
-            Some(file) => crate::tui::run(&file, &[], &[]),
+            Some(file) => crate::tui::run(&file, &[], &[], false),
             None => bail!("give a workspace file or a command (see 'patchwork --help')"),
         };
     };
@@ -213,7 +228,12 @@ pub fn run(cli: Cli) -> Result<()> {
             file,
             sets,
             plugin_dirs,
-        } => crate::tui::run(&file, &sets, &plugin_dirs),
+        } => crate::tui::run(&file, &sets, &plugin_dirs, false),
+        Command::Dev {
+            file,
+            sets,
+            plugin_dirs,
+        } => crate::tui::run(&file, &sets, &plugin_dirs, true),
         Command::Check { file, plugin_dirs } => check(&file, &plugin_dirs),
         Command::Run {
             file,

@@ -37,8 +37,10 @@ const FRAME: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_millis(250);
 
 /// Opens the workspace `file` (with `--set` overrides `sets` and extra plugin
-/// directories `extra`) in the terminal UI.
-pub fn run(file: &Path, sets: &[String], extra: &[PathBuf]) -> Result<()> {
+/// directories `extra`) in the terminal UI. With `dev`, the sources of the
+/// workspace's plugin crates are watched too: a change runs `cargo build` for that
+/// crate, and the rebuilt library is hot-reloaded.
+pub fn run(file: &Path, sets: &[String], extra: &[PathBuf], dev: bool) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!(
             "'patchwork tui' needs a terminal, and stdout is not one; to run '{0}' without \
@@ -61,6 +63,9 @@ pub fn run(file: &Path, sets: &[String], extra: &[PathBuf]) -> Result<()> {
             format!("'{}' did not load: {first}", path.display()),
         );
     }
+    let _sources = dev
+        .then(|| watch_sources(file, &ws, &tx, &mut app))
+        .flatten();
     let started = Instant::now();
     let mut workers = Workers::new(
         ws,
@@ -110,6 +115,62 @@ pub fn run(file: &Path, sets: &[String], extra: &[PathBuf]) -> Result<()> {
     drop(guard);
     print_summary(&app);
     Ok(())
+}
+
+/// `patchwork dev`: builds a plugin crate whenever its sources change, its output in
+/// the log panel (the library watcher then swaps the new build in).
+fn watch_sources(
+    file: &Path,
+    ws: &crate::workspace::schema::Workspace,
+    tx: &Sender<Msg>,
+    app: &mut App,
+) -> Option<crate::plugins::dev_build::SourceWatch> {
+    use crate::plugins::dev_build::{BuildLine, plugin_crates, watch_sources};
+    let dirs: Vec<PathBuf> = ws
+        .plugin_dirs
+        .iter()
+        .map(|d| crate::workspace::schema::resolve(file, d))
+        .collect();
+    let crates = plugin_crates(file, &dirs);
+    let names: Vec<String> = crates
+        .iter()
+        .filter_map(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let tx = tx.clone();
+    let watch = watch_sources(crates, move |kind, text| {
+        let level = match kind {
+            BuildLine::Info => Level::Info,
+            BuildLine::Warn => Level::Warn,
+            BuildLine::Error => Level::Error,
+        };
+        let _ = tx.send(Msg::Log(app::LogLine {
+            level,
+            source: "build".into(),
+            text,
+        }));
+    });
+    match watch {
+        Ok(w) => {
+            app.push_log(
+                Level::Info,
+                "build",
+                format!(
+                    "dev: watching the sources of {} plugin crate(s): {}",
+                    names.len(),
+                    names.join(", ")
+                ),
+            );
+            Some(w)
+        }
+        Err(e) => {
+            app.push_log(
+                Level::Warn,
+                "build",
+                format!("dev: {e}; sources are not watched"),
+            );
+            None
+        }
+    }
 }
 
 /// Sends the clock to the UI loop every [`TICK`] (ETA and elapsed time).

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use patchwork_tests::{dylib_name, patchwork, plugin_lib, repo_root, run, target_dir, temp_dir};
+use patchwork_tests::{dylib_name, patchwork, plugin_lib, repo_root, run, temp_dir};
 
 use crate::{TINY_VIT, write_workspace};
 
@@ -16,10 +16,7 @@ use crate::{TINY_VIT, write_workspace};
 /// returns a copy of the library (cargo overwrites it with the next feature set).
 fn counter_build(features: &str, copy_to: &Path) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let dir = target_dir()
-        .parent()
-        .expect("the profile folder has a parent")
-        .join("fixture-builds");
+    let dir = crate::scaffold::shared_target();
     let out = run(Command::new(cargo)
         .current_dir(repo_root())
         .args([

@@ -1,9 +1,18 @@
 //! The authoring kit: `patchwork new plugin` writes a crate outside the repository
 //! that builds on its own, passes its unit tests, and trains in a session.
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
-use patchwork_tests::{plugin_lib, run, run_patchwork, temp_dir};
+use patchwork_tests::{plugin_lib, run, run_patchwork, target_dir, temp_dir};
+
+/// The target folder every test that builds plugin crates outside the repository
+/// shares, so the plugin API compiles once (cargo's lock orders parallel builds).
+pub fn shared_target() -> PathBuf {
+    target_dir()
+        .parent()
+        .expect("the profile folder has a parent")
+        .join("fixture-builds")
+}
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -14,8 +23,7 @@ fn scaffolded_plugins_build_test_and_train() {
     plugin_lib("patchwork-vit");
     plugin_lib("patchwork-dino");
     let dir = temp_dir("scaffold");
-    // One target folder for both crates: the plugin API compiles once.
-    let target = dir.join("target");
+    let target = shared_target();
     let output = dir.join("runs");
     for (name, kind) in [("my-backbone", "backbone"), ("my-task", "pretext")] {
         let dir_arg = dir.display().to_string();

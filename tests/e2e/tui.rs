@@ -95,20 +95,30 @@ fn quoted(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// The shell line that opens `workspace` in the UI with `sets` overrides.
-fn tui_command(workspace: &Path, sets: &[String]) -> String {
+/// The shell line that runs `patchwork SUB WORKSPACE ARGS...` (with `env`, a
+/// `NAME=value ` prefix or empty), then prints `[exit STATUS]` and keeps the pane
+/// open (the server is killed on drop).
+fn ui_command(env: &str, sub: &str, workspace: &Path, args: &[String]) -> String {
     let mut line = format!(
-        "{} tui {}",
+        "{env}{} {sub} {}",
         quoted(&patchwork_bin().display().to_string()),
         quoted(&workspace.display().to_string())
     );
-    for set in sets {
-        line.push_str(" --set ");
-        line.push_str(&quoted(set));
+    for arg in args {
+        line.push(' ');
+        line.push_str(&quoted(arg));
     }
-    // Print the status and keep the pane open (the server is killed on drop).
     line.push_str("; echo \"[exit $?]\"; exec sleep 600");
     line
+}
+
+/// [`ui_command`] for `patchwork tui` with `--set` overrides `sets`.
+fn tui_command(workspace: &Path, sets: &[String]) -> String {
+    let args: Vec<String> = sets
+        .iter()
+        .flat_map(|s| ["--set".to_string(), s.clone()])
+        .collect();
+    ui_command("", "tui", workspace, &args)
 }
 
 const MINUTES: Duration = Duration::from_secs(60);
@@ -252,4 +262,76 @@ fn without_a_terminal_it_points_to_patchwork_run() {
         let out = run_patchwork(&args);
         crate::assert_fails_with(&out, &["needs a terminal", "patchwork run"]);
     }
+}
+
+#[test]
+fn dev_rebuilds_a_changed_plugin_and_swaps_it_into_the_running_session() {
+    plugin_lib("patchwork-vit");
+    let dir = temp_dir("tui-dev");
+    let out = run_patchwork([
+        "new",
+        "plugin",
+        "live-task",
+        "--kind",
+        "pretext",
+        "--dir",
+        &dir.display().to_string(),
+    ]);
+    assert!(out.success(), "{}", out.describe());
+    let krate = dir.join("live-task");
+    // Shared with the other tests that build plugins outside the repository, so the
+    // plugin API compiles once; `patchwork dev`'s cargo inherits it.
+    let target = crate::scaffold::shared_target();
+    let built = run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "--lib"])
+            .current_dir(&krate)
+            .env("CARGO_TARGET_DIR", &target),
+    );
+    assert!(built.success(), "{}", built.describe());
+    let libs = target.join("debug");
+    let output = dir.join("runs");
+    let sets = [
+        format!("output={:?}", output.display().to_string()),
+        "sessions.try.stages.0.epochs=400".to_string(),
+    ];
+    let mut args: Vec<String> = sets
+        .iter()
+        .flat_map(|s| ["--set".to_string(), s.clone()])
+        .collect();
+    args.extend(["--plugins".to_string(), libs.display().to_string()]);
+    let env = format!(
+        "CARGO_TARGET_DIR={} ",
+        quoted(&target.display().to_string())
+    );
+    let line = ui_command(&env, "dev", &krate.join("workspace.ron"), &args);
+    let tmux = Tmux::start("dev", 120, 40, &line);
+    tmux.keys(&["4"]);
+    tmux.wait_for("the source watch", MINUTES, |s| s.contains("dev: watching"));
+    tmux.keys(&["s"]);
+    tmux.wait_for("training", MINUTES, |s| s.contains("running"));
+
+    // Change the loss's behaviour: the rebuilt task reports a metric the old one did not.
+    let lib = krate.join("src").join("lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    let changed = source.replace(
+        "Ok(StepOutput::loss(loss))",
+        "Ok(StepOutput { loss, metrics: vec![(\"edited\".to_string(), 1.0)] })",
+    );
+    assert_ne!(
+        changed, source,
+        "the template's step should end with StepOutput::loss"
+    );
+    std::fs::write(&lib, changed).unwrap();
+    tmux.wait_for("the rebuild and swap", 5 * MINUTES, |s| {
+        s.contains("hot reload: step")
+    });
+    tmux.keys(&["x"]);
+    tmux.wait_for("the stop", MINUTES, |s| s.contains("stopped"));
+    tmux.keys(&["q"]);
+    tmux.wait_exit(MINUTES);
+    let metrics =
+        std::fs::read_to_string(output.join("live-task-example/try/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"event\":\"reload\""), "{metrics}");
+    assert!(metrics.contains("\"edited\":1.0"), "the new build ran");
 }

@@ -132,10 +132,22 @@ fn private_copy(path: &Path) -> Result<PathBuf, LoadError> {
     Ok(copy)
 }
 
+/// Removes a private copy once it is loaded (or failed to load). On Unix a mapped
+/// library needs no file, so the temp folder keeps one empty folder per process
+/// however many builds were loaded; on Windows a loaded DLL cannot be deleted,
+/// so the copy stays.
+fn discard_copy(copy: &Path) {
+    if cfg!(unix) {
+        let _ = std::fs::remove_file(copy);
+    }
+}
+
 /// Loads the plugin library at `path` and checks its ABI and op level.
 pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
     let copy = private_copy(path)?;
-    let raw = RawLibrary::load_at(&copy).map_err(|e| LoadError::Open {
+    let raw = RawLibrary::load_at(&copy);
+    discard_copy(&copy);
+    let raw = raw.map_err(|e| LoadError::Open {
         path: path.to_path_buf(),
         reason: short(&e.to_string(), 3),
     })?;
