@@ -374,30 +374,6 @@ struct RunFlags {
     reload: bool,
 }
 
-/// Watches the plugin folders `dirs`; each changed library is loaded (from a private
-/// copy) and offered to the session `control` steers, which swaps it in at its next
-/// step if it is a new build of a plugin it uses.
-pub(crate) fn watch_plugins(
-    dirs: &[PathBuf],
-    offer: impl Fn(crate::session::reload::ReloadOffer) + Send + 'static,
-) -> Option<crate::plugins::watch::PluginWatch> {
-    let watch = crate::plugins::watch::watch(dirs, move |path, detected| {
-        let result = crate::plugins::loader::load(&path).map_err(|e| e.to_string());
-        offer(crate::session::reload::ReloadOffer {
-            path,
-            detected,
-            result,
-        });
-    });
-    match watch {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!("{e}; plugins will not be hot-reloaded");
-            None
-        }
-    }
-}
-
 /// The flag SIGINT/SIGTERM set: the first signal asks the running session to stop after
 /// its current step (checkpointing first); a second one exits at once (checkpoints are
 /// written atomically, so the last one stays whole).
@@ -452,7 +428,7 @@ fn run_workspace(
     let control = Arc::clone(&opts.control);
     let _watch = flags
         .reload
-        .then(|| watch_plugins(&dirs, move |offer| control.offer(offer)))
+        .then(|| crate::session::reload::watch_and_offer(&dirs, move |offer| control.offer(offer)))
         .flatten();
     let resume_hint = format!("patchwork run {} --resume", file.display());
     let mut failed = Vec::new();

@@ -31,9 +31,7 @@ impl SessionControl {
     /// Asks the session to stop after its current step, writing a checkpoint first.
     /// Also wakes a paused session so that it can stop.
     pub fn request_stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _paused = self.paused_lock();
-        self.wake.notify_all();
+        self.swap_stop();
     }
 
     /// Whether a stop was asked for; returns the previous value and sets it (the

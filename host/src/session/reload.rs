@@ -32,13 +32,32 @@ pub struct ReloadOffer {
     pub result: Result<LoadedPlugin, String>,
 }
 
+/// Which of a stage's plugins a new build replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The pretext task.
+    Task,
+    /// The session's backbone (the task is created again on top of it).
+    Backbone,
+}
+
+impl Role {
+    /// `task` or `backbone`, as records and logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Task => "task",
+            Self::Backbone => "backbone",
+        }
+    }
+}
+
 /// What a swap did, as recorded in `metrics.jsonl`, the manifest and the report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Swapped {
     /// Plugin name.
     pub plugin: String,
-    /// `task` or `backbone`.
-    pub role: &'static str,
+    /// Which plugin of the stage it replaced.
+    pub role: Role,
     /// Steps done when it took effect.
     pub step: u64,
     /// Versions, old and new.
@@ -69,7 +88,7 @@ impl Swapped {
             "event": "reload",
             "step": self.step,
             "plugin": self.plugin,
-            "role": self.role,
+            "role": self.role.name(),
             "old_version": self.versions.0,
             "new_version": self.versions.1,
             "old_hash": self.hashes.0,
@@ -90,7 +109,7 @@ impl Swapped {
         let mut text = format!(
             "step {}: {} '{}' {} → {} ({} kept, {} new, {} dropped, {} reshaped; {:.0} ms)",
             self.step,
-            self.role,
+            self.role.name(),
             self.plugin,
             self.versions.0,
             self.versions.1,
@@ -201,12 +220,12 @@ fn create(plugin: &LoadedPlugin, config: &str) -> Result<InstanceId, SessionErro
 }
 
 /// Which of the stage's plugins `new` is a build of, if any.
-pub(super) fn role_of(live: &Live<'_>, new: &LoadedPlugin) -> Option<&'static str> {
+pub(super) fn role_of(live: &Live<'_>, new: &LoadedPlugin) -> Option<Role> {
     let backbone = context::with(|c| c.backbone.as_ref().map(|b| b.name.clone())).flatten();
     if new.name() == live.task.name() && new.kind() == PluginKind::PRETEXT {
-        Some("task")
+        Some(Role::Task)
     } else if backbone.as_deref() == Some(new.name()) && new.kind() == PluginKind::BACKBONE {
-        Some("backbone")
+        Some(Role::Backbone)
     } else {
         None
     }
@@ -217,7 +236,7 @@ pub(super) fn role_of(live: &Live<'_>, new: &LoadedPlugin) -> Option<&'static st
 pub(super) fn swap(
     live: &mut Live<'_>,
     new: &LoadedPlugin,
-    role: &'static str,
+    role: Role,
     step: u64,
     opt: &mut Optim,
     optimizer: &Optimizer,
@@ -227,11 +246,11 @@ pub(super) fn swap(
     let snapshot = context::with(|c| c.store.snapshot()).unwrap_or_default();
     let old_backbone = context::with(|c| c.backbone.clone()).flatten();
     let old = match role {
-        "task" => (
+        Role::Task => (
             live.task.manifest.version.to_string(),
             file_hash(&live.task.path),
         ),
-        _ => (
+        Role::Backbone => (
             old_backbone.as_ref().map_or_else(
                 || "-".to_string(),
                 |b| (b.root.manifest())().version.to_string(),
@@ -241,7 +260,7 @@ pub(super) fn swap(
     };
     // Drop every object of the old build first (the task drops its backbones).
     (live.task.root.destroy())(live.instance);
-    if role == "backbone" {
+    if role == Role::Backbone {
         context::with(|c| {
             if let Some(b) = c.backbone.as_mut() {
                 b.root = new.root;
@@ -249,7 +268,7 @@ pub(super) fn swap(
         });
     }
     context::with(|c| c.reload = Some(context::ReloadTrack::default()));
-    let builder = if role == "task" { new } else { &live.task };
+    let builder = if role == Role::Task { new } else { &live.task };
     let created = create(builder, &live.task_ref.config);
     let track = context::with(|c| c.reload.take())
         .flatten()
@@ -271,7 +290,7 @@ pub(super) fn swap(
         }
     };
     live.instance = instance;
-    if role == "task" {
+    if role == Role::Task {
         live.task = new.clone();
     }
     let reshaped: BTreeSet<String> = track.reshaped.iter().cloned().collect();
@@ -315,6 +334,31 @@ pub(super) fn swap(
     })
 }
 
+/// Watches the plugin folders `dirs`; each changed library is loaded (from a private
+/// copy) and handed to `offer`, for the sessions to swap in at their next step if it
+/// is a new build of a plugin they use. `None` (with a warning) when the folders
+/// cannot be watched.
+pub fn watch_and_offer(
+    dirs: &[PathBuf],
+    offer: impl Fn(ReloadOffer) + Send + 'static,
+) -> Option<crate::plugins::watch::PluginWatch> {
+    let watch = crate::plugins::watch::watch(dirs, move |path, detected| {
+        let result = crate::plugins::loader::load(&path).map_err(|e| e.to_string());
+        offer(ReloadOffer {
+            path,
+            detected,
+            result,
+        });
+    });
+    match watch {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("{e}; plugins will not be hot-reloaded");
+            None
+        }
+    }
+}
+
 /// Looks at a changed library at a step boundary: swaps it in when it is a new build
 /// of the stage's task or backbone. Returns the `metrics.jsonl` record of what
 /// happened (`None` for a library the stage does not use) and, for a backbone swap,
@@ -346,7 +390,7 @@ pub(super) fn take_offer(
             swapped.latency_secs = offer.detected.elapsed().as_secs_f64();
             let record = swapped.record();
             emit(SessionEvent::Reloaded(Box::new(swapped)));
-            Some((record, (role == "backbone").then(|| new.clone())))
+            Some((record, (role == Role::Backbone).then(|| new.clone())))
         }
         Err(e) => Some((failed(e.to_string(), emit), None)),
     }

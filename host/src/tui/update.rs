@@ -820,7 +820,7 @@ mod tests {
         assert_eq!(a.log.back().unwrap().level, Level::Warn);
         let swapped = crate::session::reload::Swapped {
             plugin: "dino".into(),
-            role: "task",
+            role: crate::session::reload::Role::Task,
             step: 12,
             versions: ("0.1.0".into(), "0.2.0".into()),
             hashes: (None, None),

@@ -139,7 +139,7 @@ impl Workers {
         let controls = Arc::new(Mutex::new(vec![None; ws.sessions.len()]));
         let watch = {
             let (controls, tx) = (Arc::clone(&controls), tx.clone());
-            crate::cli::watch_plugins(&plugin_dirs, move |offer| {
+            crate::session::reload::watch_and_offer(&plugin_dirs, move |offer| {
                 offer_to_all(&controls, &tx, offer);
             })
         };
