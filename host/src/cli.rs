@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     plugins::PluginRegistry,
-    session::{RunOptions, SessionControl, SessionEvent, pretrain::StopReason, run_session},
+    session::{RunOptions, SessionControl, SessionEvent, run_session, train::StopReason},
     workspace::{overrides, schema},
 };
 
@@ -314,13 +314,9 @@ fn check(file: &Path, extra: &[PathBuf]) -> Result<()> {
         ) {
             problems.push(format!("session '{}': {e}", s.name));
         }
-        for stage in &s.stages {
-            if let schema::Stage::Pretrain(p) = stage {
-                if let Err(e) =
-                    registry.require(&p.task.name, patchwork_plugin_api::abi::PluginKind::PRETEXT)
-                {
-                    problems.push(format!("session '{}': {e}", s.name));
-                }
+        for (plugin, kind, _) in s.stages.iter().filter_map(schema::Stage::plugin) {
+            if let Err(e) = registry.require(&plugin.name, kind) {
+                problems.push(format!("session '{}': {e}", s.name));
             }
         }
     }
@@ -559,7 +555,7 @@ impl Printer {
             }
             SessionEvent::Checkpoint { path } => tracing::debug!("checkpoint {}", path.display()),
             SessionEvent::Eval { name, value } => {
-                self.line(&format!("{name}: {:.2} %", 100.0 * value))
+                self.line(&crate::session::events::eval_text(&name, value))
             }
             SessionEvent::Log(l) => self.line(&l),
             SessionEvent::Paused { step } => self.line(&format!("paused after step {step}")),

@@ -11,6 +11,8 @@ pub enum Kind {
     Backbone,
     /// A pretext task: the loss of a self-supervised method.
     Pretext,
+    /// An adaptation method: trains and evaluates a trained backbone for a task.
+    Adaptation,
 }
 
 impl Kind {
@@ -18,6 +20,7 @@ impl Kind {
         match self {
             Self::Backbone => "backbone",
             Self::Pretext => "pretext",
+            Self::Adaptation => "adaptation",
         }
     }
 }
@@ -69,12 +72,28 @@ const WORKSPACE: &str = include_str!("scaffold/workspace.ron.tmpl");
 /// The minimal plugins, which build and run in this repository, are the templates.
 const BACKBONE: &str = include_str!("../../plugins/minimal-backbone/src/lib.rs");
 const PRETEXT: &str = include_str!("../../plugins/minimal-task/src/lib.rs");
+const ADAPTATION: &str = include_str!("../../plugins/minimal-adaptation/src/lib.rs");
 const GITIGNORE: &str = "/target\n/runs\n";
 
 /// The small ViT the pretext template's example workspace trains.
 const EXAMPLE_VIT: &str = r#"Plugin(name: "vit", config: (preset: "tiny", embed_dim: Some(64), depth: Some(2), num_heads: Some(4), patch_size: 8, img_size: 32))"#;
 /// The DINO settings the backbone template's example workspace trains with.
 const EXAMPLE_DINO: &str = r#"Plugin(name: "dino", config: (out_dim: 256, hidden_dim: 128, bottleneck_dim: 64, local_crops: 0, global_size: 32, global_crops_scale: (0.8, 1.0), freeze_last_layer: 4))"#;
+
+/// The `Pretrain` stage of the example workspaces.
+fn pretrain_stage(task: &str) -> String {
+    format!(
+        "                Pretrain((\n                    task: {task},\n                    epochs: 2,\n                    batch_size: 32,\n                )),"
+    )
+}
+
+/// The `Adapt` stage of the adaptation template's example workspace (4 classes, as
+/// its data has): the linear classifier trains fast with a high rate and no decay.
+fn adapt_stage(method: &str) -> String {
+    format!(
+        "                Adapt((\n                    method: Plugin(name: \"{method}\", config: (classes: 4)),\n                    epochs: 3,\n                    batch_size: 32,\n                    optimizer: AdamW((lr: 1e-2, min_lr: 1e-4, warmup_epochs: 0, weight_decay: 0.0, weight_decay_end: 0.0, clip_grad: 0.0)),\n                )),"
+    )
+}
 
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -146,18 +165,28 @@ pub fn new_plugin(req: &NewPlugin) -> Result<PathBuf, ScaffoldError> {
     }
     let api = api_dependency(req.api.as_deref())?;
     let this = format!(r#"Plugin(name: "{}")"#, req.name);
-    let (source, backbone, task, what) = match req.kind {
+    let (source, backbone, stages, what) = match req.kind {
         Kind::Backbone => (
             from_minimal(BACKBONE, "minimal-backbone", &req.name),
             this.as_str(),
-            EXAMPLE_DINO,
+            pretrain_stage(EXAMPLE_DINO),
             "DINO pre-training of this backbone",
         ),
         Kind::Pretext => (
             from_minimal(PRETEXT, "minimal-task", &req.name),
             EXAMPLE_VIT,
-            this.as_str(),
+            pretrain_stage(&this),
             "a small ViT pre-trained with this task",
+        ),
+        Kind::Adaptation => (
+            from_minimal(ADAPTATION, "minimal-adaptation", &req.name),
+            EXAMPLE_VIT,
+            format!(
+                "{}\n{}",
+                pretrain_stage(EXAMPLE_DINO),
+                adapt_stage(&req.name)
+            ),
+            "a small ViT pre-trained with DINO, adapted with this method (validation metrics in the report)",
         ),
     };
     let lib = lib_file(&req.name);
@@ -167,7 +196,7 @@ pub fn new_plugin(req: &NewPlugin) -> Result<PathBuf, ScaffoldError> {
         ("api_dependency", api.as_str()),
         ("lib_file", lib.as_str()),
         ("backbone", backbone),
-        ("task", task),
+        ("stages", stages.as_str()),
         ("what", what),
     ];
     let files = [
@@ -229,6 +258,33 @@ mod tests {
         assert!(ws.contains(r#"task: Plugin(name: "my-task")"#), "{ws}");
         let again = new_plugin(&req).unwrap_err();
         assert!(matches!(again, ScaffoldError::Exists(_)), "{again}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_adaptation_crate_trains_after_dino_in_its_example() {
+        let dir = temp("adaptation");
+        let req = NewPlugin {
+            name: "my-probe".into(),
+            kind: Kind::Adaptation,
+            dir: dir.clone(),
+            api: None,
+        };
+        let root = new_plugin(&req).unwrap();
+        let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
+        assert!(lib.contains("export_adaptation!"), "{lib}");
+        assert!(lib.contains(r#"name = "my-probe""#), "{lib}");
+        let ws = std::fs::read_to_string(root.join("workspace.ron")).unwrap();
+        let parsed = crate::workspace::schema::parse(&ws, &root.join("workspace.ron")).unwrap();
+        let stages = &parsed.sessions[0].stages;
+        assert!(
+            matches!(stages[0], crate::workspace::schema::Stage::Pretrain(_)),
+            "{ws}"
+        );
+        assert!(
+            matches!(&stages[1], crate::workspace::schema::Stage::Adapt(a) if a.method.name == "my-probe"),
+            "{ws}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

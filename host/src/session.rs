@@ -1,6 +1,7 @@
 //! A session = one backbone plus ordered stages. The step loop lives here; events
 //! flow out to whoever drives the session (the CLI's printer, later the TUI).
 
+pub mod adapt_eval;
 pub mod attention;
 pub mod control;
 pub mod error;
@@ -9,11 +10,11 @@ pub mod events;
 pub mod inspect;
 pub mod manifest;
 pub mod plugin_call;
-pub mod pretrain;
 pub mod reload;
 pub mod report;
 pub mod runner;
 mod stage_optim;
+pub mod train;
 
 pub use control::SessionControl;
 pub use error::SessionError;

@@ -172,19 +172,26 @@ pub trait PretextTask: Sized + Send + 'static {
 /// A downstream adaptation method that trains and evaluates a backbone for a task.
 ///
 /// The host calls, in order: [`Adaptation::new`], then per step
-/// [`Adaptation::step`] → (host backward, optimizer step), and
-/// [`Adaptation::evaluate`] on evaluation batches.
+/// [`Adaptation::step`] → (host backward, optimizer step), and after the stage
+/// [`Adaptation::evaluate`] on every validation batch. A batch holds one view
+/// `(B, C, H, W)` (a random-resized crop while training, the whole image when
+/// evaluating) and the `(B,)` labels.
 pub trait Adaptation: Sized + Send + 'static {
     /// Typed config; unknown fields in the workspace are errors.
     type Config: DeserializeOwned + Serialize + Default;
 
-    /// Builds the backbone(s) and heads it needs.
+    /// Builds the backbone(s) and heads it needs. `scope` is where the trained
+    /// backbone's parameters are (the pretext task's result scope, e.g. DINO's
+    /// `teacher.backbone`; `backbone` without pre-training): build it there with
+    /// `BackboneHandle::build(host, scope.prefix())`, and put the method's own
+    /// parameters in a scope of their own (e.g. `ParamScope::new(host, "adapt")`).
     fn new(config: Self::Config, host: Host, scope: ParamScope) -> Result<Self>;
 
     /// The loss of one training batch.
     fn step(&mut self, batch: &Batch, info: &StepInfo) -> Result<StepOutput>;
 
-    /// Metrics on one evaluation batch.
+    /// Metrics on one evaluation batch, each a mean over its images (the host
+    /// averages them over the validation split, weighted by batch size).
     fn evaluate(&mut self, _batch: &Batch) -> Result<Vec<(String, f64)>> {
         Err(Error::msg("this adaptation has no evaluation"))
     }

@@ -44,10 +44,12 @@
 //! export_backbone!(Tiny, name = "tiny", description = "mean-pooled patch embedding");
 //! ```
 //!
-//! Start from `plugins/minimal-backbone` and `plugins/minimal-task` in the patchwork
-//! repository: the smallest complete backbone (a one-block ViT) and pretext task
-//! (SimSiam), each one file. `patchwork new plugin NAME --kind backbone|pretext` copies
-//! one into a crate of your own, with a README and an example workspace.
+//! Start from `plugins/minimal-backbone`, `plugins/minimal-task` and
+//! `plugins/minimal-adaptation` in the patchwork repository: the smallest complete
+//! backbone (a one-block ViT), pretext task (SimSiam) and adaptation (a linear
+//! classifier, probed or fine-tuned), each one file.
+//! `patchwork new plugin NAME --kind backbone|pretext|adaptation` copies one into a
+//! crate of your own, with a README and an example workspace.
 //! `plugins/vit` and `plugins/dino` are full-size examples. `CHANGELOG.md` beside this
 //! crate lists the ABI versions.
 //!

@@ -94,7 +94,13 @@ fn unknown_plugin_lists_the_known_ones() {
 #[test]
 fn a_backbone_as_pretext_task_is_refused() {
     let (_, out) = run_stages("wrong-kind", &pretrain(crate::TINY_VIT, 1));
-    assert_fails_with(&out, &["plugin 'vit' is a backbone"]);
+    assert_fails_with(
+        &out,
+        &[
+            "plugin 'vit' is of kind 'backbone'",
+            "'pretext-task' is needed",
+        ],
+    );
 }
 
 #[test]

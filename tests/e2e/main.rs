@@ -1,6 +1,7 @@
 //! End-to-end tests: drive the built `patchwork` binary on workspaces written to
 //! temporary folders. Run `cargo build --workspace` first (see the harness).
 
+mod adapt;
 mod bad_input;
 mod boundary;
 mod data;

@@ -25,7 +25,11 @@ fn scaffolded_plugins_build_test_and_train() {
     let dir = temp_dir("scaffold");
     let target = shared_target();
     let output = dir.join("runs");
-    for (name, kind) in [("my-backbone", "backbone"), ("my-task", "pretext")] {
+    for (name, kind) in [
+        ("my-backbone", "backbone"),
+        ("my-task", "pretext"),
+        ("my-probe", "adaptation"),
+    ] {
         let dir_arg = dir.display().to_string();
         let out = run_patchwork(["new", "plugin", name, "--kind", kind, "--dir", &dir_arg]);
         assert!(out.success(), "{}", out.describe());
@@ -70,5 +74,9 @@ fn scaffolded_plugins_build_test_and_train() {
             .join("report.md");
         let report = std::fs::read_to_string(&report).unwrap();
         assert!(report.contains("k-NN"), "{report}");
+        if kind == "adaptation" {
+            assert!(report.contains("## Adaptation: my-probe"), "{report}");
+            assert!(report.contains("| accuracy |"), "{report}");
+        }
     }
 }

@@ -21,7 +21,7 @@ pub enum RegistryError {
         hint: String,
     },
     /// A plugin of another kind.
-    #[error("plugin '{name}' is a {actual}, but a {expected} is needed here")]
+    #[error("plugin '{name}' is of kind '{actual}', but kind '{expected}' is needed here")]
     WrongKind {
         /// Plugin name.
         name: String,

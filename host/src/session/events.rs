@@ -73,3 +73,28 @@ pub enum SessionEvent {
     /// end, after evaluation).
     Attention(Arc<AttentionMaps>),
 }
+
+/// `name: value` as the CLI and the log panel print an evaluation: fractions (k-NN
+/// and accuracies) as percentages, losses and values outside `[0, 1]` as numbers.
+pub fn eval_text(name: &str, value: f64) -> String {
+    if name.contains("loss") || !(0.0..=1.0).contains(&value) {
+        format!("{name}: {value:.4}")
+    } else {
+        format!("{name}: {:.2} %", 100.0 * value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eval_text;
+
+    #[test]
+    fn fractions_print_as_percentages_and_losses_as_numbers() {
+        assert_eq!(
+            eval_text("knn@20 (trained)", 0.5),
+            "knn@20 (trained): 50.00 %"
+        );
+        assert_eq!(eval_text("m loss (val)", 0.5), "m loss (val): 0.5000");
+        assert_eq!(eval_text("m psnr", 21.5), "m psnr: 21.5000");
+    }
+}

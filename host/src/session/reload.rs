@@ -18,7 +18,7 @@ use crate::{
     engine::{context, host_ops},
     plugins::LoadedPlugin,
     session::manifest::file_hash,
-    workspace::schema::{Optimizer, PluginRef, PretrainStage},
+    workspace::schema::{Optimizer, PluginRef},
 };
 
 /// A changed library, loaded (or not) by the watcher, waiting for a step boundary.
@@ -35,7 +35,7 @@ pub struct ReloadOffer {
 /// Which of a stage's plugins a new build replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The pretext task.
+    /// The stage's pretext task or adaptation method.
     Task,
     /// The session's backbone (the task is created again on top of it).
     Backbone,
@@ -137,11 +137,26 @@ pub(super) struct Live<'a> {
     pub instance: InstanceId,
     /// The task's entry in the workspace (its config).
     pub task_ref: &'a PluginRef,
+    /// The parameter scope it was created in.
+    pub scope: String,
+    /// Set once the instance is handed on ([`Live::keep`]); then dropping does not
+    /// destroy it.
+    pub kept: bool,
+}
+
+impl Live<'_> {
+    /// Hands the plugin build and its instance to the caller, who destroys it.
+    pub fn keep(&mut self) -> (LoadedPlugin, InstanceId) {
+        self.kept = true;
+        (self.task.clone(), self.instance)
+    }
 }
 
 impl Drop for Live<'_> {
     fn drop(&mut self) {
-        (self.task.root.destroy())(self.instance);
+        if !self.kept {
+            (self.task.root.destroy())(self.instance);
+        }
     }
 }
 
@@ -214,15 +229,15 @@ fn shapes() -> BTreeMap<String, Vec<usize>> {
     .unwrap_or_default()
 }
 
-fn create(plugin: &LoadedPlugin, config: &str) -> Result<InstanceId, SessionError> {
-    let r = (plugin.root.create())(config.into(), host_ops::table(), "".into());
+fn create(plugin: &LoadedPlugin, config: &str, scope: &str) -> Result<InstanceId, SessionError> {
+    let r = (plugin.root.create())(config.into(), host_ops::table(), scope.into());
     check(plugin, "create", r)
 }
 
 /// Which of the stage's plugins `new` is a build of, if any.
 pub(super) fn role_of(live: &Live<'_>, new: &LoadedPlugin) -> Option<Role> {
     let backbone = context::with(|c| c.backbone.as_ref().map(|b| b.name.clone())).flatten();
-    if new.name() == live.task.name() && new.kind() == PluginKind::PRETEXT {
+    if new.name() == live.task.name() && new.kind() == live.task.kind() {
         Some(Role::Task)
     } else if backbone.as_deref() == Some(new.name()) && new.kind() == PluginKind::BACKBONE {
         Some(Role::Backbone)
@@ -269,7 +284,7 @@ pub(super) fn swap(
     }
     context::with(|c| c.reload = Some(context::ReloadTrack::default()));
     let builder = if role == Role::Task { new } else { &live.task };
-    let created = create(builder, &live.task_ref.config);
+    let created = create(builder, &live.task_ref.config, &live.scope);
     let track = context::with(|c| c.reload.take())
         .flatten()
         .unwrap_or_default();
@@ -281,7 +296,7 @@ pub(super) fn swap(
                 c.store.restore(snapshot);
                 c.backbone = old_backbone;
             });
-            live.instance = create(&live.task, &live.task_ref.config).map_err(|again| {
+            live.instance = create(&live.task, &live.task_ref.config, &live.scope).map_err(|again| {
                 SessionError::Unsupported(format!(
                     "the new build failed ({e}) and the old one could not be created again: {again}"
                 ))
@@ -368,7 +383,7 @@ pub(super) fn take_offer(
     live: &mut Live<'_>,
     step: u64,
     opt: &mut Optim,
-    stage: &PretrainStage,
+    optimizer: &Optimizer,
     emit: &mut dyn FnMut(SessionEvent),
 ) -> Option<(serde_json::Value, Option<LoadedPlugin>)> {
     let failed = |error: String, emit: &mut dyn FnMut(SessionEvent)| {
@@ -384,7 +399,7 @@ pub(super) fn take_offer(
     };
     let role = role_of(live, new)?;
     let started = Instant::now();
-    match swap(live, new, role, step, opt, &stage.optimizer) {
+    match swap(live, new, role, step, opt, optimizer) {
         Ok(mut swapped) => {
             swapped.swap_secs = started.elapsed().as_secs_f64();
             swapped.latency_secs = offer.detected.elapsed().as_secs_f64();

@@ -32,6 +32,21 @@ pub struct ReportData {
     pub seconds: f64,
     /// Hot reloads, one line each (step, plugin, versions, parameters kept/new/dropped).
     pub reloads: Vec<String>,
+    /// The `Adapt` stages run, in order.
+    pub adaptations: Vec<AdaptResult>,
+}
+
+/// One `Adapt` stage: its training loss and its evaluation on the validation split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptResult {
+    /// Adaptation plugin and config.
+    pub method: String,
+    /// Mean loss of each epoch run in this process.
+    pub epoch_losses: Vec<f64>,
+    /// The method's metrics, means over the validation images.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// Validation images evaluated.
+    pub images: usize,
 }
 
 /// k-NN accuracies of one evaluation.
@@ -123,6 +138,24 @@ pub fn render(d: &ReportData) -> String {
             );
         }
     }
+    for a in &d.adaptations {
+        let _ = writeln!(s, "\n## Adaptation: {}\n", a.method);
+        if let (Some(first), Some(last)) = (a.epoch_losses.first(), a.epoch_losses.last()) {
+            let _ = writeln!(
+                s,
+                "Training loss {first:.4} (first epoch) → {last:.4} (last epoch), {} epochs.\n",
+                a.epoch_losses.len()
+            );
+        }
+        let _ = writeln!(
+            s,
+            "| metric ({} validation images) | value |\n|---|---|",
+            a.images
+        );
+        for (name, value) in &a.metrics {
+            let _ = writeln!(s, "| {name} | {value:.4} |");
+        }
+    }
     if !d.reloads.is_empty() {
         let _ = writeln!(s, "\n## Hot reloads\n");
         for line in &d.reloads {
@@ -167,6 +200,27 @@ mod tests {
             "{text}"
         );
         assert!(!render(&ReportData::default()).contains("skipped"));
+    }
+
+    #[test]
+    fn adaptations_show_their_loss_and_validation_metrics() {
+        let d = ReportData {
+            adaptations: vec![AdaptResult {
+                method: "linear-probe ()".into(),
+                epoch_losses: vec![1.5, 0.75],
+                metrics: [("accuracy".to_string(), 0.8125)].into_iter().collect(),
+                images: 64,
+            }],
+            ..Default::default()
+        };
+        let text = render(&d);
+        assert!(text.contains("## Adaptation: linear-probe ()"), "{text}");
+        assert!(text.contains("1.5000 (first epoch) → 0.7500"), "{text}");
+        assert!(
+            text.contains("| metric (64 validation images) | value |"),
+            "{text}"
+        );
+        assert!(text.contains("| accuracy | 0.8125 |"), "{text}");
     }
 
     #[test]

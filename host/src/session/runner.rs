@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    io::Write,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -12,13 +13,13 @@ use candle_core::Device;
 use patchwork_plugin_api::abi::{InstanceId, PluginKind};
 
 use super::{
-    SessionError, SessionEvent,
+    SessionError, SessionEvent, adapt_eval,
     attention::{AttentionCapture, AttentionProbe},
     control::SessionControl,
     eval_stage::{BackboneInstance, knn},
     plugin_call::{check, create},
-    pretrain::{self, StageEnv, Stopped},
-    report::{self, KnnResult, ReportData},
+    report::{self, AdaptResult, KnnResult, ReportData},
+    train::{self, StageEnv, Stopped, TrainSpec},
 };
 use crate::{
     data::source::{self, Data},
@@ -120,6 +121,39 @@ fn capture_attention(
     }
 }
 
+/// Runs the adaptation method's evaluation on the validation split after its stage:
+/// emits each metric, appends them to `metrics.jsonl` (as of `step`) and returns them.
+fn evaluate_adaptation(
+    method: &LoadedPlugin,
+    instance: InstanceId,
+    data: &Data,
+    step: u64,
+    metrics_path: &Path,
+    emit: &mut dyn FnMut(SessionEvent),
+) -> Result<BTreeMap<String, f64>, SessionError> {
+    let metrics = adapt_eval::evaluate(method, instance, data.val.clone(), data.size, &data.stats)?;
+    let mut record = serde_json::json!({
+        "event": "adapt_eval",
+        "step": step,
+        "method": method.name(),
+        "images": data.val.len(),
+    });
+    for (name, value) in &metrics {
+        record[name.as_str()] = serde_json::json!(value);
+        emit(SessionEvent::Eval {
+            name: format!("{} {name} (val)", method.name()),
+            value: *value,
+        });
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(metrics_path)
+        .map_err(SessionError::io(metrics_path))?;
+    writeln!(file, "{record}").map_err(SessionError::io(metrics_path))?;
+    Ok(metrics)
+}
+
 /// Guard that uninstalls the session context however the session ends.
 struct ContextGuard;
 
@@ -189,13 +223,12 @@ pub fn run_session(
         .join(&ws.name)
         .join(&session.name);
     let backbone_plugin = registry.require(&session.backbone.name, PluginKind::BACKBONE)?;
+    // The plugin of each training stage, in stage order.
     let tasks: Vec<&LoadedPlugin> = session
         .stages
         .iter()
-        .filter_map(|s| match s {
-            Stage::Pretrain(p) => Some(registry.require(&p.task.name, PluginKind::PRETEXT)),
-            Stage::Evaluate(_) => None,
-        })
+        .filter_map(Stage::plugin)
+        .map(|(r, kind, _)| registry.require(&r.name, kind))
         .collect::<Result<_, _>>()?;
     let data = open_source(ws, &session.data, &opts.workspace_path)?;
     let device = device(&session.device)?;
@@ -240,7 +273,7 @@ pub fn run_session(
 
     let knn_cfg = session.stages.iter().find_map(|s| match s {
         Stage::Evaluate(evs) => evs.iter().map(|Evaluator::Knn(k)| k.clone()).next(),
-        Stage::Pretrain(_) => None,
+        Stage::Pretrain(_) | Stage::Adapt(_) => None,
     });
     let mut report = ReportData {
         workspace: ws.name.clone(),
@@ -278,53 +311,89 @@ pub fn run_session(
     let mut random_knn: Option<f64> = None;
     let mut tasks = tasks.into_iter();
     let mut stopped = None;
+    // Optimizer steps of the stages done so far.
+    let mut steps_before = 0u64;
+    let mut first_training = true;
+    let metrics_path = run_dir.join("metrics.jsonl");
     // The stages, in a closure so that a failure is recorded in the manifest first.
     let staged = (|| -> Result<(), SessionError> {
-        for stage in &session.stages {
+        for (j, stage) in session.stages.iter().enumerate() {
             match stage {
-                Stage::Pretrain(p) => {
-                    let plugin = tasks
-                        .next()
-                        .expect("one task plugin per pretrain stage should be resolved");
+                training @ (Stage::Pretrain(_) | Stage::Adapt(_)) => {
+                    let (Some(plugin), Some(spec)) = (
+                        tasks.next(),
+                        TrainSpec::of(training, data.size, &result_scope),
+                    ) else {
+                        continue;
+                    };
+                    let pretext = matches!(training, Stage::Pretrain(_));
+                    let method_line =
+                        format!("{} {}", spec.plugin_ref.name, spec.plugin_ref.config.trim());
                     let instance = create(
                         plugin,
-                        &p.task,
-                        "",
+                        spec.plugin_ref,
+                        &spec.scope,
                         &opts.workspace_path,
                         &opts.workspace_source,
                     )?;
-                    let scope_r = (plugin.root.pretext_result_scope())(instance);
-                    result_scope = check(plugin, "result_scope", scope_r)?.into_string();
                     let mut metadata = BTreeMap::new();
-                    metadata.insert("result_scope".to_string(), result_scope.clone());
-                    if let (Some(k), false) = (&knn_cfg, resuming) {
-                        let acc = knn_at(
+                    if pretext {
+                        let scope_r = (plugin.root.pretext_result_scope())(instance);
+                        result_scope = match check(plugin, "result_scope", scope_r) {
+                            Ok(s) => s.into_string(),
+                            Err(e) => {
+                                destroy(plugin, instance);
+                                return Err(e);
+                            }
+                        };
+                        if let (Some(k), false) = (&knn_cfg, resuming || random_knn.is_some()) {
+                            let acc = knn_at(
+                                &backbone_live,
+                                &session.backbone.config,
+                                &result_scope,
+                                &data,
+                                k,
+                            );
+                            let acc = match acc {
+                                Ok(a) => a,
+                                Err(e) => {
+                                    destroy(plugin, instance);
+                                    return Err(e);
+                                }
+                            };
+                            emit(SessionEvent::Eval {
+                                name: format!("knn@{} (random init)", k.k),
+                                value: acc,
+                            });
+                            metadata.insert("knn_random_init".to_string(), acc.to_string());
+                            random_knn = Some(acc);
+                        }
+                        let label = if resuming { "resumed" } else { "random init" };
+                        capture_attention(
+                            probe.as_ref(),
                             &backbone_live,
                             &session.backbone.config,
                             &result_scope,
-                            &data,
-                            k,
-                        )?;
-                        emit(SessionEvent::Eval {
-                            name: format!("knn@{} (random init)", k.k),
-                            value: acc,
-                        });
-                        metadata.insert("knn_random_init".to_string(), acc.to_string());
-                        random_knn = Some(acc);
+                            label,
+                            emit,
+                        );
+                        report.task = Some(method_line.clone());
                     }
-                    let label = if resuming { "resumed" } else { "random init" };
-                    capture_attention(
-                        probe.as_ref(),
-                        &backbone_live,
-                        &session.backbone.config,
-                        &result_scope,
-                        label,
-                        emit,
-                    );
-                    report.task = Some(format!("{} {}", p.task.name, p.task.config.trim()));
+                    metadata.insert("result_scope".to_string(), result_scope.clone());
+                    // The first training stage keeps `checkpoints/`; later ones get a
+                    // folder each, so resuming finds every stage's own last step.
+                    let ckpt_dir = if first_training {
+                        run_dir.join("checkpoints")
+                    } else {
+                        run_dir.join("checkpoints").join(format!("stage-{j}"))
+                    };
+                    first_training = false;
                     let env = StageEnv {
                         task: (plugin, instance),
-                        stage: p,
+                        stage: spec,
+                        keep_instance: !pretext,
+                        steps_before,
+                        ckpt_dir,
                         train: data.train.clone(),
                         stats: data.stats.clone(),
                         seed: session.seed,
@@ -344,7 +413,7 @@ pub fn run_session(
                         }),
                     };
                     let mut reloads = Vec::new();
-                    let outcome = pretrain::run(env, &mut |e| {
+                    let outcome = train::run(env, &mut |e| {
                         if let SessionEvent::Reloaded(s) = &e {
                             reloads.push((**s).clone());
                         }
@@ -369,13 +438,33 @@ pub fn run_session(
                             .get("knn_random_init")
                             .and_then(|v| v.parse().ok());
                     }
-                    report.epoch_losses = outcome.epoch_losses;
-                    report.epoch_metrics = outcome.epoch_metrics;
-                    report.steps = outcome.steps;
-                    report.images_per_sec = outcome.images_per_sec;
+                    steps_before += outcome.steps;
+                    report.steps = steps_before;
+                    if pretext {
+                        report.epoch_losses = outcome.epoch_losses.clone();
+                        report.epoch_metrics = outcome.epoch_metrics;
+                        report.images_per_sec = outcome.images_per_sec;
+                    }
                     if outcome.stopped.is_some() {
                         stopped = outcome.stopped;
                         break;
+                    }
+                    if let Some((method, instance)) = outcome.instance {
+                        let result = evaluate_adaptation(
+                            &method,
+                            instance,
+                            &data,
+                            steps_before,
+                            &metrics_path,
+                            emit,
+                        );
+                        destroy(&method, instance);
+                        report.adaptations.push(AdaptResult {
+                            method: method_line,
+                            epoch_losses: outcome.epoch_losses,
+                            metrics: result?,
+                            images: data.val.len(),
+                        });
                     }
                 }
                 Stage::Evaluate(evs) => {

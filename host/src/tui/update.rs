@@ -6,7 +6,7 @@ use super::{
     keys::{Action, action},
     msg::{Command, Ended, Msg},
 };
-use crate::session::SessionEvent;
+use crate::session::{SessionEvent, events::eval_text};
 
 /// Applies `msg` to `app` and returns what the runtime should do.
 pub fn update(app: &mut App, msg: Msg) -> Vec<Command> {
@@ -260,11 +260,7 @@ fn on_event(app: &mut App, index: usize, at: f64, event: SessionEvent) {
         SessionEvent::Eval { name: what, value } => {
             let step = row.step as f64;
             row.eval_series(&what).push(step, value);
-            app.push_log(
-                Level::Info,
-                &name,
-                format!("{what}: {:.2} %", 100.0 * value),
-            );
+            app.push_log(Level::Info, &name, eval_text(&what, value));
         }
         SessionEvent::Log(text) => {
             let level = if text.starts_with("warning") {

@@ -30,6 +30,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use patchwork_plugin_api::abi::PluginKind;
 use ron::value::RawValue;
 use serde::{Deserialize, Serialize};
 
@@ -227,8 +228,30 @@ impl PluginRef {
 pub enum Stage {
     /// Self-supervised pre-training with a pretext-task plugin.
     Pretrain(PretrainStage),
+    /// Supervised adaptation of the current backbone with an adaptation plugin.
+    Adapt(AdaptStage),
     /// Evaluators run on the current backbone.
     Evaluate(Vec<Evaluator>),
+}
+
+impl Stage {
+    /// The plugin a training stage runs, the kind it must be, and the field naming it.
+    pub fn plugin(&self) -> Option<(&PluginRef, PluginKind, &'static str)> {
+        match self {
+            Self::Pretrain(p) => Some((&p.task, PluginKind::PRETEXT, "task")),
+            Self::Adapt(a) => Some((&a.method, PluginKind::ADAPTATION, "method")),
+            Self::Evaluate(_) => None,
+        }
+    }
+
+    /// [`Stage::plugin`]'s reference, mutably.
+    pub fn plugin_mut(&mut self) -> Option<&mut PluginRef> {
+        match self {
+            Self::Pretrain(p) => Some(&mut p.task),
+            Self::Adapt(a) => Some(&mut a.method),
+            Self::Evaluate(_) => None,
+        }
+    }
 }
 
 /// `Pretrain((task: Plugin(...), epochs: 10, batch_size: 64, optimizer: AdamW((...))))`.
@@ -245,6 +268,26 @@ pub struct PretrainStage {
     /// Optimizer and its schedules.
     #[serde(default)]
     pub optimizer: Optimizer,
+}
+
+/// `Adapt((method: Plugin(...), epochs: 10, batch_size: 64, optimizer: ..., min_scale: 0.35))`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptStage {
+    /// The adaptation plugin.
+    pub method: PluginRef,
+    /// Passes over the training set; at least 1.
+    pub epochs: u32,
+    /// Images per step; at least 2.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Optimizer and its schedules.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// Smallest random crop of a training image, as a fraction of its area; 1 keeps
+    /// whole images (each is also flipped with probability 0.5).
+    #[serde(default = "default_adapt_min_scale")]
+    pub min_scale: f32,
 }
 
 /// The optimizer of a training stage, with its learning-rate and weight-decay schedules.
@@ -384,6 +427,9 @@ fn default_keep_checkpoints() -> usize {
 fn default_batch_size() -> usize {
     64
 }
+fn default_adapt_min_scale() -> f32 {
+    0.35
+}
 fn default_momentum() -> f64 {
     0.9
 }
@@ -397,11 +443,12 @@ impl Workspace {
         let mut refs = Vec::new();
         for session in &self.sessions {
             refs.push(&session.backbone);
-            for stage in &session.stages {
-                if let Stage::Pretrain(p) = stage {
-                    refs.push(&p.task);
-                }
-            }
+            refs.extend(
+                session
+                    .stages
+                    .iter()
+                    .filter_map(|s| s.plugin().map(|p| p.0)),
+            );
         }
         refs
     }
@@ -411,11 +458,7 @@ impl Workspace {
         let mut refs = Vec::new();
         for session in &mut self.sessions {
             refs.push(&mut session.backbone);
-            for stage in &mut session.stages {
-                if let Stage::Pretrain(p) = stage {
-                    refs.push(&mut p.task);
-                }
-            }
+            refs.extend(session.stages.iter_mut().filter_map(Stage::plugin_mut));
         }
         refs
     }
@@ -600,9 +643,9 @@ fn fill_config_offsets(ws: &mut Workspace, tree: &ron_text::Node, source: &str) 
         let node = sessions.item(i);
         nodes.push(node.and_then(|n| n.field("backbone")));
         for (j, stage) in session.stages.iter().enumerate() {
-            if let Stage::Pretrain(_) = stage {
+            if let Some((_, _, field)) = stage.plugin() {
                 let stage_node = node.and_then(|n| n.field("stages")?.item(j));
-                nodes.push(stage_node.and_then(|s| s.inner().field("task")));
+                nodes.push(stage_node.and_then(|s| s.inner().field(field)));
             }
         }
     }
@@ -797,7 +840,16 @@ fn check_session(i: usize, s: &Session, ws: &Workspace) -> std::result::Result<(
     for (j, stage) in s.stages.iter().enumerate() {
         let ctx = format!("session '{name}', stage {j}");
         match stage {
-            Stage::Pretrain(p) => check_pretrain(i, j, &ctx, p)?,
+            Stage::Pretrain(p) => check_training(i, j, &ctx, p.epochs, p.batch_size, &p.optimizer)?,
+            Stage::Adapt(a) => {
+                check_training(i, j, &ctx, a.epochs, a.batch_size, &a.optimizer)?;
+                if !(a.min_scale > 0.0 && a.min_scale <= 1.0) {
+                    return problem(
+                        At::Stage(i, j, "min_scale"),
+                        format!("{ctx}: min_scale must be in (0, 1], got '{}'", a.min_scale),
+                    );
+                }
+            }
             Stage::Evaluate(evaluators) => {
                 for (e, Evaluator::Knn(knn)) in evaluators.iter().enumerate() {
                     if knn.k == 0 {
@@ -822,28 +874,27 @@ fn check_session(i: usize, s: &Session, ws: &Workspace) -> std::result::Result<(
     Ok(())
 }
 
-fn check_pretrain(
+fn check_training(
     i: usize,
     j: usize,
     ctx: &str,
-    p: &PretrainStage,
+    epochs: u32,
+    batch_size: usize,
+    optimizer: &Optimizer,
 ) -> std::result::Result<(), Problem> {
-    if p.epochs == 0 {
+    if epochs == 0 {
         return problem(
             At::Stage(i, j, "epochs"),
             format!("{ctx}: epochs must be at least 1, got '0'"),
         );
     }
-    if p.batch_size < 2 {
+    if batch_size < 2 {
         return problem(
             At::Stage(i, j, "batch_size"),
-            format!(
-                "{ctx}: batch_size must be at least 2, got '{}'",
-                p.batch_size
-            ),
+            format!("{ctx}: batch_size must be at least 2, got '{batch_size}'"),
         );
     }
-    let (lr, min_lr) = match &p.optimizer {
+    let (lr, min_lr) = match optimizer {
         Optimizer::AdamW(a) => {
             for (field, beta) in [("beta1", a.beta1), ("beta2", a.beta2)] {
                 if !(0.0..1.0).contains(&beta) {

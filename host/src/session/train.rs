@@ -1,5 +1,8 @@
-//! The `Pretrain` stage: data → plugin step → backward → clip → optimizer →
-//! plugin after-step, with checkpoints, metrics and events.
+//! The training loop of the `Pretrain` and `Adapt` stages: data → plugin step →
+//! backward → clip → optimizer → plugin after-step, with checkpoints, metrics,
+//! events and hot reload. A pretext task declares its views and updates its own
+//! state after each step; an adaptation method trains on one augmented view per
+//! image, chosen by the stage.
 
 use std::{
     collections::BTreeMap,
@@ -11,7 +14,7 @@ use std::{
 
 use abi_stable::std_types::{ROption, RVec};
 use candle_core::{Tensor, Var};
-use patchwork_plugin_api::abi::{BatchAbi, InstanceId, StepInfo, TensorId};
+use patchwork_plugin_api::abi::{BatchAbi, InstanceId, PluginKind, StepInfo, TensorId};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
@@ -34,15 +37,88 @@ use crate::{
         context, registry,
     },
     plugins::LoadedPlugin,
-    workspace::schema::{KeepBest, PretrainStage},
+    workspace::schema::{AdaptStage, KeepBest, Optimizer, PluginRef, PretrainStage, Stage},
 };
+
+/// What a training stage trains: its plugin, length and optimizer.
+pub struct TrainSpec<'a> {
+    /// The plugin's entry in the workspace (its config, for a new build).
+    pub plugin_ref: &'a PluginRef,
+    /// Passes over the training set.
+    pub epochs: u32,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Optimizer and schedules.
+    pub optimizer: &'a Optimizer,
+    /// The training views when the stage chooses them (adaptation); `None` asks the
+    /// pretext plugin.
+    pub views: Option<Vec<ViewSpec>>,
+    /// The parameter scope the plugin is created with (again for a new build).
+    pub scope: String,
+}
+
+impl<'a> TrainSpec<'a> {
+    /// A `Pretrain` stage: the task chooses its views.
+    pub fn pretrain(p: &'a PretrainStage) -> Self {
+        Self {
+            plugin_ref: &p.task,
+            epochs: p.epochs,
+            batch_size: p.batch_size,
+            optimizer: &p.optimizer,
+            views: None,
+            scope: String::new(),
+        }
+    }
+
+    /// The training part of `stage`; `None` for an `Evaluate` stage. `size` and
+    /// `scope` are as [`TrainSpec::adapt`] takes them.
+    pub fn of(stage: &'a Stage, size: usize, scope: &str) -> Option<Self> {
+        match stage {
+            Stage::Pretrain(p) => Some(Self::pretrain(p)),
+            Stage::Adapt(a) => Some(Self::adapt(a, size, scope)),
+            Stage::Evaluate(_) => None,
+        }
+    }
+
+    /// An `Adapt` stage on `size`-pixel images, its method created in `scope` (the
+    /// trained backbone's): one random-resized crop per image, flipped half the time.
+    pub fn adapt(a: &'a AdaptStage, size: usize, scope: &str) -> Self {
+        Self {
+            plugin_ref: &a.method,
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            optimizer: &a.optimizer,
+            views: Some(vec![ViewSpec {
+                count: 1,
+                size,
+                scale: (a.min_scale, 1.0),
+                flip_p: 0.5,
+                jitter_p: 0.0,
+                gray_p: 0.0,
+                blur_p: 0.0,
+                blur_sigma: (0.1, 2.0),
+                solarize_p: 0.0,
+            }]),
+            scope: scope.to_string(),
+        }
+    }
+}
 
 /// Everything the stage needs from the session.
 pub struct StageEnv<'a> {
-    /// The pretext plugin and its instance (the stage destroys it when done).
+    /// The pretext or adaptation plugin and its instance (the stage destroys it when
+    /// done).
     pub task: (&'a LoadedPlugin, InstanceId),
     /// The stage settings.
-    pub stage: &'a PretrainStage,
+    pub stage: TrainSpec<'a>,
+    /// Hand the plugin instance back in [`TrainOutcome::instance`] instead of
+    /// destroying it (the adaptation's evaluation still needs it).
+    pub keep_instance: bool,
+    /// Optimizer steps the session ran in earlier stages: `metrics.jsonl`, events and
+    /// `--max-steps` count on from them.
+    pub steps_before: u64,
+    /// This stage's checkpoint folder.
+    pub ckpt_dir: PathBuf,
     /// Training split.
     pub train: Arc<dyn Dataset>,
     /// The normalisation of every view.
@@ -90,12 +166,12 @@ pub struct Stopped {
 }
 
 /// What the stage produced.
-pub struct PretrainOutcome {
+pub struct TrainOutcome {
     /// Mean loss of each epoch (those run in this process and earlier ones from metrics).
     pub epoch_losses: Vec<f64>,
     /// Per-epoch means of the task's metrics, for the epochs run in this process.
     pub epoch_metrics: Vec<BTreeMap<String, f64>>,
-    /// Steps done.
+    /// Steps done in this stage.
     pub steps: u64,
     /// Average training images per second in this process.
     pub images_per_sec: f64,
@@ -105,6 +181,9 @@ pub struct PretrainOutcome {
     pub stopped: Option<Stopped>,
     /// The new build of the backbone plugin, when one was swapped in.
     pub swapped_backbone: Option<LoadedPlugin>,
+    /// The stage's plugin build and instance, when [`StageEnv::keep_instance`] asked
+    /// for them (the caller destroys it).
+    pub instance: Option<(LoadedPlugin, InstanceId)>,
 }
 
 fn rng_state(rng: &ChaCha8Rng) -> String {
@@ -217,7 +296,15 @@ fn restore(
     Ok((step, epoch, batch, ckpt.metadata))
 }
 
-fn view_specs(plugin: &LoadedPlugin, instance: InstanceId) -> Result<Vec<ViewSpec>, SessionError> {
+/// The views of a training batch: the stage's, or those the pretext task asks for.
+fn view_specs(
+    plugin: &LoadedPlugin,
+    instance: InstanceId,
+    fixed: Option<&Vec<ViewSpec>>,
+) -> Result<Vec<ViewSpec>, SessionError> {
+    if let Some(views) = fixed {
+        return Ok(views.clone());
+    }
     let raw = check(plugin, "views", (plugin.root.pretext_views())(instance))?;
     Ok(raw
         .iter()
@@ -250,14 +337,18 @@ impl Drop for Handles {
 pub fn run(
     env: StageEnv<'_>,
     emit: &mut dyn FnMut(SessionEvent),
-) -> Result<PretrainOutcome, SessionError> {
-    let stage = env.stage;
+) -> Result<TrainOutcome, SessionError> {
+    let stage = &env.stage;
     let mut live = Live {
         task: env.task.0.clone(),
         instance: env.task.1,
-        task_ref: &stage.task,
+        task_ref: stage.plugin_ref,
+        scope: stage.scope.clone(),
+        kept: false,
     };
-    let mut specs = view_specs(&live.task, live.instance)?;
+    let pretext = live.task.kind() == PluginKind::PRETEXT;
+    let before = env.steps_before;
+    let mut specs = view_specs(&live.task, live.instance, stage.views.as_ref())?;
     let mut swapped_backbone = None;
     let loader_cfg = LoaderConfig {
         batch_size: stage.batch_size,
@@ -274,15 +365,15 @@ pub fn run(
     }
     let epochs = u64::from(stage.epochs);
     let total = spe * epochs;
-    let sched = Schedules::new(&stage.optimizer, spe, total);
+    let sched = Schedules::new(stage.optimizer, spe, total);
     let params = trainable_params();
     let mut vars: Vec<(String, Var)> = params
         .iter()
         .map(|(n, v, _)| (n.clone(), v.clone()))
         .collect();
-    let mut opt = Optim::new(&stage.optimizer, params)?;
+    let mut opt = Optim::new(stage.optimizer, params)?;
 
-    let ckpt_dir = env.run_dir.join("checkpoints");
+    let ckpt_dir = env.ckpt_dir.clone();
     std::fs::create_dir_all(&ckpt_dir).map_err(SessionError::io(&ckpt_dir))?;
     let (mut step, mut epoch, mut start_batch, mut restored) =
         (0u64, 0u64, 0usize, BTreeMap::new());
@@ -298,10 +389,11 @@ pub fn run(
         }
     }
     let metrics_path = env.run_dir.join("metrics.jsonl");
-    if env.resume {
+    if env.resume && epoch < epochs {
         // Steps after the checkpoint were lost with the process: drop their lines so
-        // the resumed run writes them again, numbered as before.
-        truncate_metrics(&metrics_path, step)?;
+        // the resumed run writes them again, numbered as before. (A finished stage
+        // keeps the lines of the stages after it.)
+        truncate_metrics(&metrics_path, before + step)?;
     }
     let mut meta = env.metadata.clone();
     for (k, v) in &restored {
@@ -310,9 +402,13 @@ pub fn run(
         }
     }
     emit(SessionEvent::StageStarted {
-        stage: format!("pretrain ({})", live.task.name()),
-        total_steps: total,
-        start_step: step,
+        stage: format!(
+            "{} ({})",
+            if pretext { "pretrain" } else { "adapt" },
+            live.task.name()
+        ),
+        total_steps: before + total,
+        start_step: before + step,
     });
 
     let mut metrics = std::fs::OpenOptions::new()
@@ -376,11 +472,19 @@ pub fn run(
                 epochs,
             };
             let (plugin, instance) = (&live.task, live.instance);
-            let out = check(
-                plugin,
-                "step",
-                (plugin.root.pretext_step())(instance, &abi, info),
-            )?;
+            let out = if pretext {
+                check(
+                    plugin,
+                    "step",
+                    (plugin.root.pretext_step())(instance, &abi, info),
+                )?
+            } else {
+                check(
+                    plugin,
+                    "step",
+                    (plugin.root.adapt_step())(instance, &abi, info),
+                )?
+            };
             let loss_t = registry::remove(out.loss).ok_or_else(|| {
                 SessionError::Unsupported("plugin returned an invalid loss handle".into())
             })?;
@@ -407,11 +511,15 @@ pub fn run(
             }
             let mut grads = loss_t.backward()?;
             drop(loss_t);
-            let frozen = check(
-                plugin,
-                "frozen",
-                (plugin.root.pretext_frozen())(instance, info),
-            )?;
+            let frozen = if pretext {
+                check(
+                    plugin,
+                    "frozen",
+                    (plugin.root.pretext_frozen())(instance, info),
+                )?
+            } else {
+                RVec::new()
+            };
             for prefix in frozen.iter() {
                 let dot = format!("{}.", prefix.as_str());
                 for (name, var) in &vars {
@@ -426,11 +534,13 @@ pub fn run(
             let (lr, wd) = sched.at(step);
             opt.step(&grads, lr, wd)?;
             drop(grads);
-            check(
-                plugin,
-                "after_step",
-                (plugin.root.pretext_after_step())(instance, info),
-            )?;
+            if pretext {
+                check(
+                    plugin,
+                    "after_step",
+                    (plugin.root.pretext_after_step())(instance, info),
+                )?;
+            }
             drop(handles);
             step += 1;
             images += bsz;
@@ -440,13 +550,13 @@ pub fn run(
                 *metric_sums.entry(m.name.to_string()).or_insert(0.0) += m.value;
             }
             let ips = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            let mut record = serde_json::json!({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "wd": wd, "images_per_sec": ips});
+            let mut record = serde_json::json!({"step": before + step, "epoch": epoch, "loss": loss, "lr": lr, "wd": wd, "images_per_sec": ips});
             for m in out.metrics.iter() {
                 record[m.name.as_str()] = serde_json::json!(m.value);
             }
             writeln!(metrics, "{record}").map_err(SessionError::io(&metrics_path))?;
             emit(SessionEvent::Step {
-                step,
+                step: before + step,
                 epoch,
                 loss,
                 lr,
@@ -457,15 +567,24 @@ pub fn run(
             }
             env.control.hold(|paused| {
                 emit(if paused {
-                    SessionEvent::Paused { step }
+                    SessionEvent::Paused {
+                        step: before + step,
+                    }
                 } else {
-                    SessionEvent::Resumed { step }
+                    SessionEvent::Resumed {
+                        step: before + step,
+                    }
                 })
             });
             for offer in env.control.take_offers() {
-                let Some((record, backbone)) =
-                    take_offer(offer, &mut live, step, &mut opt, stage, emit)
-                else {
+                let Some((record, backbone)) = take_offer(
+                    offer,
+                    &mut live,
+                    before + step,
+                    &mut opt,
+                    stage.optimizer,
+                    emit,
+                ) else {
                     continue;
                 };
                 writeln!(metrics, "{record}").map_err(SessionError::io(&metrics_path))?;
@@ -479,7 +598,7 @@ pub fn run(
                         .map(|(n, v, _)| (n.clone(), v.clone()))
                         .collect();
                     var_list = vars.iter().map(|(_, v)| v.clone()).collect();
-                    let new_specs = view_specs(&live.task, live.instance)?;
+                    let new_specs = view_specs(&live.task, live.instance, stage.views.as_ref())?;
                     if new_specs != specs {
                         emit(SessionEvent::Log(
                             "warning: the new build asks for other views; they apply from the next epoch".into(),
@@ -572,7 +691,9 @@ pub fn run(
         start_batch = 0;
     }
     let images_per_sec = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    Ok(PretrainOutcome {
+    let instance = env.keep_instance.then(|| live.keep());
+    Ok(TrainOutcome {
+        instance,
         epoch_losses,
         epoch_metrics,
         steps: step,
@@ -603,7 +724,10 @@ fn keep_as_best(ckpt: &Path, dir: &Path) -> Result<(), SessionError> {
 
 /// Whether the stage should stop after `step` steps, and why.
 fn stop_reason(env: &StageEnv<'_>, step: u64) -> Option<StopReason> {
-    if env.max_steps.is_some_and(|max| step >= max) {
+    if env
+        .max_steps
+        .is_some_and(|max| env.steps_before + step >= max)
+    {
         Some(StopReason::MaxSteps)
     } else if env.control.stop_requested() {
         Some(StopReason::Interrupted)
