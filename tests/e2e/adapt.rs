@@ -144,3 +144,22 @@ fn a_wrong_kind_or_too_few_classes_fail_with_a_clear_message() {
     let out = run_patchwork(["run", &file.display().to_string()]);
     crate::assert_fails_with(&out, &["out of range for classes: 2"]);
 }
+
+#[test]
+fn a_config_error_in_a_later_stage_fails_before_the_first_stage_trains() {
+    plugin_lib("patchwork-vit");
+    plugin_lib("patchwork-dino");
+    plugin_lib("patchwork-minimal-adaptation");
+    let dir = temp_dir("adapt-early");
+    let output = dir.join("runs");
+    let dino = r#"Plugin(name: "dino", config: (out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, local_crops: 0, global_size: 16))"#;
+    let stages = format!("{}\n{}", pretrain(dino, 1), adapt(3, "Probe", 1, 1e-3))
+        .replace("mode: Probe", "mod: Probe");
+    let file = write_workspace(&dir, &tiny_workspace(&output, &stages));
+    let out = run_patchwork(["run", &file.display().to_string()]);
+    crate::assert_fails_with(&out, &["workspace.ron:", "Unexpected field named `mod`"]);
+    assert!(
+        !run_dir(&output).join("metrics.jsonl").exists(),
+        "nothing trained"
+    );
+}

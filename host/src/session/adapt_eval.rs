@@ -7,12 +7,9 @@ use abi_stable::std_types::{ROption, RVec};
 use candle_core::Tensor;
 use patchwork_plugin_api::abi::{BatchAbi, InstanceId};
 
-use super::{SessionError, plugin_call::check};
+use super::{SessionError, eval_stage::eval_loader, plugin_call::check};
 use crate::{
-    data::{
-        loader::{Dataset, Loader, LoaderConfig, Transform},
-        stats::ChannelStats,
-    },
+    data::{loader::Dataset, stats::ChannelStats},
     engine::{context, registry},
     plugins::LoadedPlugin,
 };
@@ -26,22 +23,7 @@ pub fn evaluate(
     size: usize,
     stats: &ChannelStats,
 ) -> Result<BTreeMap<String, f64>, SessionError> {
-    let cfg = LoaderConfig {
-        batch_size: 128,
-        drop_last: false,
-        shuffle: false,
-        ..Default::default()
-    };
-    let loader = Loader::start(
-        data,
-        &cfg,
-        Transform::Eval {
-            size,
-            stats: stats.clone(),
-        },
-        0,
-        0,
-    )?;
+    let loader = eval_loader(data, size, stats)?;
     let device = context::device();
     let mut sums: BTreeMap<String, f64> = BTreeMap::new();
     let mut images = 0usize;

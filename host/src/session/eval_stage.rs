@@ -18,6 +18,26 @@ use crate::{
     plugins::LoadedPlugin,
 };
 
+/// Batches of 128 images of `data` in dataset order, each resized, centre-cropped to
+/// `size` and normalised with `stats`: what every evaluation reads.
+pub fn eval_loader(
+    data: Arc<dyn Dataset>,
+    size: usize,
+    stats: &ChannelStats,
+) -> Result<Loader, SessionError> {
+    let cfg = LoaderConfig {
+        batch_size: 128,
+        drop_last: false,
+        shuffle: false,
+        ..Default::default()
+    };
+    let transform = Transform::Eval {
+        size,
+        stats: stats.clone(),
+    };
+    Ok(Loader::start(data, &cfg, transform, 0, 0)?)
+}
+
 /// CLS features `(N, D)` and labels of every image of `data`, in dataset order, each
 /// image resized, centre-cropped to `size` and normalised with `stats`.
 pub fn extract(
@@ -27,22 +47,7 @@ pub fn extract(
     stats: &ChannelStats,
 ) -> Result<(Tensor, Vec<u32>), SessionError> {
     let (plugin, instance) = (backbone.plugin, backbone.instance);
-    let cfg = LoaderConfig {
-        batch_size: 128,
-        drop_last: false,
-        shuffle: false,
-        ..Default::default()
-    };
-    let loader = Loader::start(
-        data,
-        &cfg,
-        Transform::Eval {
-            size,
-            stats: stats.clone(),
-        },
-        0,
-        0,
-    )?;
+    let loader = eval_loader(data, size, stats)?;
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     let device = context::device();

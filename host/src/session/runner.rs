@@ -28,7 +28,7 @@ use crate::{
         context::{self, BackboneSource, HostContext},
     },
     plugins::{LoadedPlugin, PluginRegistry},
-    workspace::schema::{DeviceSpec, Evaluator, Session, Stage, Workspace, resolve},
+    workspace::schema::{DeviceSpec, Evaluator, PluginRef, Session, Stage, Workspace, resolve},
 };
 
 /// How to run.
@@ -233,18 +233,43 @@ pub fn run_session(
     let data = open_source(ws, &session.data, &opts.workspace_path)?;
     let device = device(&session.device)?;
 
-    // Check the backbone config once in a throwaway context, so its errors point
-    // at the backbone's config in the workspace.
-    context::install(HostContext::new(Device::Cpu, 0));
-    let check_r = create(
-        backbone_plugin,
-        &session.backbone,
-        "check",
-        &opts.workspace_path,
-        &opts.workspace_source,
-    );
+    // Create every plugin once in a throwaway context before anything runs, so a
+    // config error in a later stage does not wait for the earlier ones to train,
+    // and errors point at the config in the workspace.
+    let backbone_source = BackboneSource {
+        name: backbone_plugin.name().to_string(),
+        root: backbone_plugin.root,
+        config: session.backbone.config.clone(),
+    };
+    let mut check_ctx = HostContext::new(Device::Cpu, 0);
+    check_ctx.backbone = Some(backbone_source.clone());
+    context::install(check_ctx);
+    let checked = (|| -> Result<(), SessionError> {
+        let check = |plugin: &LoadedPlugin, r: &PluginRef, scope: &str| {
+            let id = create(
+                plugin,
+                r,
+                scope,
+                &opts.workspace_path,
+                &opts.workspace_source,
+            )?;
+            destroy(plugin, id);
+            Ok::<(), SessionError>(())
+        };
+        check(backbone_plugin, &session.backbone, "check")?;
+        let refs = session.stages.iter().filter_map(Stage::plugin);
+        for (plugin, (r, kind, _)) in tasks.iter().zip(refs) {
+            let scope = if kind == PluginKind::ADAPTATION {
+                "backbone"
+            } else {
+                ""
+            };
+            check(plugin, r, scope)?;
+        }
+        Ok(())
+    })();
     context::take();
-    destroy(backbone_plugin, check_r?);
+    checked?;
 
     let resuming = opts.resume && checkpoint::latest(&run_dir.join("checkpoints")).is_some();
     prepare_run_dir(&run_dir, opts.resume)?;
@@ -263,11 +288,7 @@ pub fn run_session(
     manifest.write(&run_dir)?;
 
     let mut ctx = HostContext::new(device, session.seed);
-    ctx.backbone = Some(BackboneSource {
-        name: backbone_plugin.name().to_string(),
-        root: backbone_plugin.root,
-        config: session.backbone.config.clone(),
-    });
+    ctx.backbone = Some(backbone_source);
     context::install(ctx);
     let _guard = ContextGuard;
 
@@ -446,6 +467,9 @@ pub fn run_session(
                         report.images_per_sec = outcome.images_per_sec;
                     }
                     if outcome.stopped.is_some() {
+                        if let Some((method, instance)) = outcome.instance {
+                            destroy(&method, instance);
+                        }
                         stopped = outcome.stopped;
                         break;
                     }

@@ -1434,6 +1434,20 @@ mod tests {
                 "session 's', stage 0: k must be at least 1, got '0'",
             ),
             (
+                ws(&session(
+                    "",
+                    "Adapt((method: Plugin(name: \"probe\"), epochs: 1, min_scale: 0.0))",
+                )),
+                "session 's', stage 0: min_scale must be in (0, 1], got '0'",
+            ),
+            (
+                ws(&session(
+                    "",
+                    "Adapt((method: Plugin(name: \"probe\"), epochs: 0))",
+                )),
+                "session 's', stage 0: epochs must be at least 1, got '0'",
+            ),
+            (
                 ws(&session("", "Evaluate([Knn(()), Knn((temperature: 0.0))])")),
                 "stage 0: temperature must be positive, got '0'",
             ),
