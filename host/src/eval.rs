@@ -1,3 +1,5 @@
 //! Built-in evaluators.
 
 pub mod knn;
+pub mod metrics;
+pub mod probe;

@@ -10,6 +10,7 @@ pub mod events;
 pub mod inspect;
 pub mod manifest;
 pub mod plugin_call;
+pub mod probe_eval;
 pub mod reload;
 pub mod report;
 pub mod runner;

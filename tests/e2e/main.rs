@@ -8,6 +8,7 @@ mod data;
 mod drills;
 mod gradients;
 mod plugins;
+mod probes;
 mod provenance;
 mod quickstart;
 mod reload;

@@ -355,6 +355,41 @@ pub fn grayscale(img: &Image) -> Image {
     out
 }
 
+/// Every band times `factor`, clamped: DINO-MM's multi-band `RandomBrightness`.
+pub fn scale_bands(img: &Image, factor: f32) -> Image {
+    blend(img, &[], factor, 0.0)
+}
+
+/// Each band blended with its own mean, `(v - mean_c) * factor + mean_c`, clamped:
+/// DINO-MM's multi-band `RandomContrast`.
+pub fn contrast_bands(img: &Image, factor: f32) -> Image {
+    let mut out = img.clone();
+    let n = img.plane().max(1);
+    for plane in out.data.chunks_exact_mut(n) {
+        let mean = plane.iter().sum::<f32>() / n as f32;
+        plane
+            .iter_mut()
+            .for_each(|v| *v = ((*v - mean) * factor + mean).clamp(0.0, 1.0));
+    }
+    out
+}
+
+/// The mean over bands, in every band: DINO-MM's multi-band `ToGray`.
+pub fn mean_gray(img: &Image) -> Image {
+    let p = img.plane();
+    let mut gray = vec![0.0f32; p];
+    for plane in img.data.chunks_exact(p.max(1)) {
+        for (g, v) in gray.iter_mut().zip(plane) {
+            *g += v / img.channels.max(1) as f32;
+        }
+    }
+    let mut out = img.clone();
+    for plane in out.data.chunks_exact_mut(p.max(1)) {
+        plane.copy_from_slice(&gray);
+    }
+    out
+}
+
 /// Reflect-101 index (`-1 -> 1`, `n -> n - 2`) for any offset.
 fn reflect(i: isize, n: usize) -> usize {
     if n == 1 {
@@ -443,6 +478,22 @@ pub fn normalize(img: &Image, mean: &[f32], std: &[f32]) -> Image {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn multi_band_contrast_keeps_each_bands_mean_and_gray_averages_bands() {
+        // Two bands of two pixels: (0.2, 0.6) and (0.5, 0.5).
+        let img = Image::new(2, 1, 2, vec![0.2, 0.6, 0.5, 0.5]).unwrap();
+        let c = contrast_bands(&img, 0.5);
+        for (got, want) in c.data.iter().zip([0.3, 0.5, 0.5, 0.5]) {
+            assert!((got - want).abs() < 1e-6, "{:?}", c.data);
+        }
+        let g = mean_gray(&img);
+        for (got, want) in g.data.iter().zip([0.35, 0.55, 0.35, 0.55]) {
+            assert!((got - want).abs() < 1e-6, "{:?}", g.data);
+        }
+        let b = scale_bands(&img, 2.0);
+        assert_eq!(b.data, vec![0.4, 1.0, 1.0, 1.0], "clamped at 1");
+    }
+
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;

@@ -4,8 +4,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::augment::{
-    color_jitter, gaussian_blur, grayscale, hflip, normalize, random_resized_crop, solarize,
-    uniform,
+    color_jitter, contrast_bands, gaussian_blur, grayscale, hflip, mean_gray, normalize,
+    random_resized_crop, scale_bands, solarize, uniform,
 };
 use super::loader::DataError;
 use super::stats::ChannelStats;
@@ -204,9 +204,9 @@ pub fn dino_default(global_size: usize, local_count: usize, local_size: usize) -
 
 /// Renders the views of `specs` in order (spec 0's `count` views first), each
 /// RandomResizedCrop (bicubic) → flip → jitter → grayscale → blur → solarize →
-/// normalise with `stats`. Channel-aware: the photometric ops (jitter, grayscale,
-/// blur, solarize) apply to 3-channel RGB images only; other images (multi-band
-/// SAR/optical stacks) get the geometric ops and per-band normalisation.
+/// normalise with `stats`. Channel-aware: 3-channel RGB images get torchvision's
+/// colour ops; other images (multi-band SAR/optical stacks) get DINO-MM's band-wise
+/// ones ([`photometric_bands`]) and per-band normalisation.
 pub fn make_views<R: Rng + ?Sized>(
     img: &Image,
     specs: &[ViewSpec],
@@ -222,9 +222,11 @@ pub fn make_views<R: Rng + ?Sized>(
             if rng.random::<f32>() < spec.flip_p {
                 v = hflip(&v);
             }
-            if rgb {
-                v = photometric(v, spec, rng);
-            }
+            v = if rgb {
+                photometric(v, spec, rng)
+            } else {
+                photometric_bands(v, spec, rng)
+            };
             out.push(normalize(&v, &stats.mean, &stats.std));
         }
     }
@@ -239,6 +241,26 @@ fn photometric<R: Rng + ?Sized>(mut v: Image, spec: &ViewSpec, rng: &mut R) -> I
     if rng.random::<f32>() < spec.gray_p {
         v = grayscale(&v);
     }
+    blur_and_solarize(v, spec, rng)
+}
+
+/// DINO-MM's pipeline on a multi-band view (`rs_transforms.py`): band-wise
+/// brightness then contrast (factors in `[0.6, 1.4]`, together with the jitter
+/// probability), the band mean as grey, then blur and solarize as for RGB. The
+/// official ops cast to uint8 without clipping, so values past 255 wrap; these clamp.
+fn photometric_bands<R: Rng + ?Sized>(mut v: Image, spec: &ViewSpec, rng: &mut R) -> Image {
+    if rng.random::<f32>() < spec.jitter_p {
+        v = scale_bands(&v, uniform(rng, 0.6, 1.4));
+        v = contrast_bands(&v, uniform(rng, 0.6, 1.4));
+    }
+    if rng.random::<f32>() < spec.gray_p {
+        v = mean_gray(&v);
+    }
+    blur_and_solarize(v, spec, rng)
+}
+
+/// Gaussian blur and solarization at 0.5, each with its probability in `spec`.
+fn blur_and_solarize<R: Rng + ?Sized>(mut v: Image, spec: &ViewSpec, rng: &mut R) -> Image {
     if rng.random::<f32>() < spec.blur_p {
         let sigma = uniform(rng, spec.blur_sigma.0, spec.blur_sigma.1);
         v = gaussian_blur(&v, sigma);
@@ -302,8 +324,7 @@ mod tests {
     #[test]
     fn multi_band_views_get_geometric_ops_and_per_band_normalisation() {
         // Five bands, each a constant: crops and flips keep every band constant, so
-        // after normalisation band c is exactly (value - mean) / std, whatever the
-        // photometric probabilities say.
+        // after normalisation band c is exactly (value - mean) / std.
         let values = [0.1f32, 0.3, 0.5, 0.7, 0.9];
         let plane = 16 * 16;
         let data = values.iter().flat_map(|&v| vec![v; plane]).collect();
@@ -315,10 +336,10 @@ mod tests {
         let specs: Vec<ViewSpec> = dino_default(8, 2, 4)
             .into_iter()
             .map(|s| ViewSpec {
-                jitter_p: 1.0,
-                gray_p: 1.0,
-                blur_p: 1.0,
-                solarize_p: 1.0,
+                jitter_p: 0.0,
+                gray_p: 0.0,
+                blur_p: 0.0,
+                solarize_p: 0.0,
                 ..s
             })
             .collect();
@@ -332,6 +353,59 @@ mod tests {
                 assert!(band.iter().all(|x| (x - want).abs() < 1e-5), "band {c}");
             }
         }
+    }
+
+    #[test]
+    fn multi_band_views_get_dino_mms_band_wise_photometric_ops() {
+        // Constant bands: grey makes every band the band mean (0.5); with jitter, a
+        // brightness factor in [0.6, 1.4] scales it (contrast keeps a constant band)
+        // and blur keeps it; solarization at 0.5 maps v >= 0.5 to 1 - v.
+        let values = [0.1f32, 0.3, 0.5, 0.7, 0.9];
+        let plane = 8 * 8;
+        let data = values.iter().flat_map(|&v| vec![v; plane]).collect();
+        let img = Image::new(5, 8, 8, data).unwrap();
+        let identity = ChannelStats {
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        let spec = |jitter_p: f32, solarize_p: f32| ViewSpec {
+            count: 1,
+            size: 8,
+            scale: (1.0, 1.0),
+            flip_p: 0.0,
+            jitter_p,
+            gray_p: 1.0,
+            blur_p: 1.0,
+            blur_sigma: (0.5, 1.0),
+            solarize_p,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let grey = &make_views(&img, &[spec(0.0, 0.0)], &identity, &mut rng)[0];
+        assert!(
+            grey.data.iter().all(|x| (x - 0.5).abs() < 1e-5),
+            "{:?}",
+            &grey.data[..4]
+        );
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let v = &make_views(&img, &[spec(1.0, 0.0)], &identity, &mut rng)[0];
+            let first = v.data[0];
+            assert!(
+                v.data.iter().all(|x| (x - first).abs() < 1e-5),
+                "one value everywhere"
+            );
+            assert!(
+                (0.3 - 1e-5..=0.7 + 1e-5).contains(&first),
+                "0.5 x [0.6, 1.4]: {first}"
+            );
+            seen.push(first);
+        }
+        assert!(
+            seen.iter().any(|x| (x - seen[0]).abs() > 1e-3),
+            "factors vary"
+        );
+        let solar = &make_views(&img, &[spec(0.0, 1.0)], &identity, &mut rng)[0];
+        assert!(solar.data.iter().all(|x| (x - 0.5).abs() < 1e-5), "1 - 0.5");
     }
 
     #[test]

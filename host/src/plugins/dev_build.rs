@@ -70,9 +70,46 @@ pub fn plugin_crates(ws_file: &Path, plugin_dirs: &[PathBuf]) -> Vec<PathBuf> {
 
 /// The crate among `crates` that holds `path`.
 fn owner<'a>(crates: &'a [PathBuf], path: &Path) -> Option<&'a PathBuf> {
-    crates
-        .iter()
-        .find(|c| path.starts_with(c.join("src")) || path == c.join("Cargo.toml"))
+    crates.iter().find(|c| in_crate(c, path))
+}
+
+fn in_crate(dir: &Path, path: &Path) -> bool {
+    path.starts_with(dir.join("src")) || path == dir.join("Cargo.toml")
+}
+
+/// The library crates beside `crates` that some of them depend on by path (e.g.
+/// `plugins/dino-core` under `dino` and `dino-mm`), each with those dependents: a
+/// change to the library rebuilds them.
+fn shared_libraries(crates: &[PathBuf]) -> Vec<(PathBuf, Vec<PathBuf>)> {
+    let parents: BTreeSet<&Path> = crates.iter().filter_map(|c| c.parent()).collect();
+    let mut out = Vec::new();
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            continue;
+        };
+        for lib in entries.flatten().map(|e| e.path()) {
+            let is_library = std::fs::read_to_string(lib.join("Cargo.toml"))
+                .is_ok_and(|t| !t.contains("cdylib") && t.contains("patchwork-plugin-api"));
+            let Some(name) = lib.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if !is_library {
+                continue;
+            }
+            let needle = format!("path = \"../{name}\"");
+            let dependents: Vec<PathBuf> = crates
+                .iter()
+                .filter(|c| {
+                    std::fs::read_to_string(c.join("Cargo.toml")).is_ok_and(|t| t.contains(&needle))
+                })
+                .cloned()
+                .collect();
+            if !dependents.is_empty() {
+                out.push((lib, dependents));
+            }
+        }
+    }
+    out
 }
 
 /// The severity of one line of cargo's output.
@@ -153,15 +190,26 @@ pub fn watch_sources(
             reason: e.to_string(),
         })?;
     let owners = crates.clone();
+    let libraries = shared_libraries(&crates);
+    let library_dirs: Vec<PathBuf> = libraries.iter().map(|(l, _)| l.clone()).collect();
     let mut debouncer = new_debouncer(
         Duration::from_millis(300),
         move |result: DebounceEventResult| {
             let Ok(events) = result else { return };
-            let dirs: BTreeSet<PathBuf> = events
+            let sources = events
                 .iter()
-                .filter(|e| e.path.extension().is_some_and(|x| x == "rs" || x == "toml"))
-                .filter_map(|e| owner(&owners, &e.path).cloned())
-                .collect();
+                .filter(|e| e.path.extension().is_some_and(|x| x == "rs" || x == "toml"));
+            let mut dirs = BTreeSet::new();
+            for e in sources {
+                if let Some(c) = owner(&owners, &e.path) {
+                    dirs.insert(c.clone());
+                }
+                for (lib, dependents) in &libraries {
+                    if in_crate(lib, &e.path) {
+                        dirs.extend(dependents.iter().cloned());
+                    }
+                }
+            }
             for d in dirs {
                 let _ = tx.send(d);
             }
@@ -171,7 +219,7 @@ pub fn watch_sources(
         path: PathBuf::new(),
         reason: e.to_string(),
     })?;
-    for c in &builder_crates {
+    for c in builder_crates.iter().chain(&library_dirs) {
         debouncer
             .watcher()
             .watch(c, RecursiveMode::Recursive)
@@ -189,6 +237,24 @@ pub fn watch_sources(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_library_crate_rebuilds_the_plugins_that_use_it() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let crates = plugin_crates(&root.join("workspaces").join("quickstart.ron"), &[]);
+        let libraries = shared_libraries(&crates);
+        let core = libraries
+            .iter()
+            .find(|(l, _)| l.ends_with("dino-core"))
+            .expect("plugins/dino-core is a shared library");
+        let mut names: Vec<String> = core
+            .1
+            .iter()
+            .filter_map(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["dino", "dino-mm"]);
+    }
 
     #[test]
     fn this_repository_s_plugin_crates_are_found_from_a_workspace_file() {

@@ -34,6 +34,8 @@ pub struct ReportData {
     pub reloads: Vec<String>,
     /// The `Adapt` stages run, in order.
     pub adaptations: Vec<AdaptResult>,
+    /// Probe evaluations (`Linear`, `MultiLabel`, `Dense`): name and score in `[0, 1]`.
+    pub evals: Vec<(String, f64)>,
 }
 
 /// One `Adapt` stage: its training loss and its evaluation on the validation split.
@@ -136,6 +138,15 @@ pub fn render(d: &ReportData) -> String {
                 "\nMargin: {:+.2} percentage points over the random-init backbone.",
                 100.0 * (k.trained - r)
             );
+        }
+    }
+    if !d.evals.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Probes (frozen backbone, validation split)\n\n| evaluation | score |\n|---|---|"
+        );
+        for (name, value) in &d.evals {
+            let _ = writeln!(s, "| {name} | {:.2} % |", 100.0 * value);
         }
     }
     for a in &d.adaptations {

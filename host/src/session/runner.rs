@@ -18,6 +18,7 @@ use super::{
     control::SessionControl,
     eval_stage::{BackboneInstance, knn},
     plugin_call::{check, create},
+    probe_eval,
     report::{self, AdaptResult, KnnResult, ReportData},
     train::{self, StageEnv, Stopped, TrainSpec},
 };
@@ -145,13 +146,18 @@ fn evaluate_adaptation(
             value: *value,
         });
     }
+    append_line(metrics_path, &record)?;
+    Ok(metrics)
+}
+
+/// Appends one JSON record to `metrics.jsonl`.
+fn append_line(metrics_path: &Path, record: &serde_json::Value) -> Result<(), SessionError> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(metrics_path)
         .map_err(SessionError::io(metrics_path))?;
-    writeln!(file, "{record}").map_err(SessionError::io(metrics_path))?;
-    Ok(metrics)
+    writeln!(file, "{record}").map_err(SessionError::io(metrics_path))
 }
 
 /// Guard that uninstalls the session context however the session ends.
@@ -293,7 +299,10 @@ pub fn run_session(
     let _guard = ContextGuard;
 
     let knn_cfg = session.stages.iter().find_map(|s| match s {
-        Stage::Evaluate(evs) => evs.iter().map(|Evaluator::Knn(k)| k.clone()).next(),
+        Stage::Evaluate(evs) => evs.iter().find_map(|e| match e {
+            Evaluator::Knn(k) => Some(k.clone()),
+            _ => None,
+        }),
         Stage::Pretrain(_) | Stage::Adapt(_) => None,
     });
     let mut report = ReportData {
@@ -492,7 +501,32 @@ pub fn run_session(
                     }
                 }
                 Stage::Evaluate(evs) => {
-                    for Evaluator::Knn(k) in evs {
+                    for evaluator in evs {
+                        let Evaluator::Knn(k) = evaluator else {
+                            let bb = backbone_at(
+                                &backbone_live,
+                                &session.backbone.config,
+                                &result_scope,
+                            )?;
+                            let scores =
+                                probe_eval::evaluate(&backbone_live, &bb, &data, evaluator);
+                            destroy(&backbone_live, bb.instance);
+                            let mut record = serde_json::json!({
+                                "event": "eval",
+                                "step": steps_before,
+                                "evaluator": evaluator.name(),
+                            });
+                            for (name, value) in scores? {
+                                record[name.as_str()] = serde_json::json!(value);
+                                emit(SessionEvent::Eval {
+                                    name: name.clone(),
+                                    value,
+                                });
+                                report.evals.push((name, value));
+                            }
+                            append_line(&metrics_path, &record)?;
+                            continue;
+                        };
                         let acc = knn_at(
                             &backbone_live,
                             &session.backbone.config,

@@ -378,7 +378,9 @@ mod tests {
         let Stage::Evaluate(evals) = &ws.sessions[0].stages[1] else {
             panic!("stage 1 should be Evaluate");
         };
-        let Evaluator::Knn(knn) = &evals[0];
+        let Evaluator::Knn(knn) = &evals[0] else {
+            panic!("the first evaluator is Knn");
+        };
         assert_eq!(knn.k, 5);
         let crate::workspace::schema::DataSource::Shapes(shapes) = &ws.data["shapes"] else {
             panic!("shapes should stay Shapes");

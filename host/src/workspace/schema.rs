@@ -367,6 +367,59 @@ pub struct SgdConfig {
 pub enum Evaluator {
     /// Weighted k-NN on frozen features ([`crate::eval::knn`]).
     Knn(KnnConfig),
+    /// Linear probe on frozen CLS features, top-1 ([`crate::eval::probe`]).
+    Linear(ProbeSettings),
+    /// Multi-label linear probe (a sigmoid per label), micro and macro mAP.
+    MultiLabel(ProbeSettings),
+    /// Linear probe on frozen patch tokens predicting each patch's class, pixel mIoU
+    /// on the validation masks.
+    Dense(ProbeSettings),
+}
+
+impl Evaluator {
+    /// The evaluator's name in reports and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Knn(_) => "Knn",
+            Self::Linear(_) => "Linear",
+            Self::MultiLabel(_) => "MultiLabel",
+            Self::Dense(_) => "Dense",
+        }
+    }
+}
+
+/// `Linear((blocks: 4, epochs: 100, batch_size: 128, lr: 5e-4))`; the defaults are
+/// DINO's `eval_linear.py` for ViT-S (lr 0.001 × B/256).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeSettings {
+    /// CLS tokens of this many last blocks, concatenated (1: the final CLS alone;
+    /// unused by `Dense`, which reads the final patch tokens).
+    pub blocks: usize,
+    /// Passes over the training features; at least 1.
+    pub epochs: u32,
+    /// Rows per step; at least 1.
+    pub batch_size: usize,
+    /// Peak learning rate of the cosine schedule; positive.
+    pub lr: f64,
+    /// Weight decay of the probe's weights; at least 0.
+    pub weight_decay: f64,
+    /// Fraction of the training split whose labels the probe sees (a seeded subset;
+    /// DINO-MM's 1 % setting is 0.01); in (0, 1].
+    pub train_fraction: f64,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self {
+            blocks: 4,
+            epochs: 100,
+            batch_size: 128,
+            lr: 5e-4,
+            weight_decay: 0.0,
+            train_fraction: 1.0,
+        }
+    }
 }
 
 /// `Knn((k: 20, temperature: 0.07))`; the defaults are DINO's.
@@ -851,7 +904,54 @@ fn check_session(i: usize, s: &Session, ws: &Workspace) -> std::result::Result<(
                 }
             }
             Stage::Evaluate(evaluators) => {
-                for (e, Evaluator::Knn(knn)) in evaluators.iter().enumerate() {
+                for (e, evaluator) in evaluators.iter().enumerate() {
+                    let probe = match evaluator {
+                        Evaluator::Knn(_) => None,
+                        Evaluator::Linear(p) | Evaluator::MultiLabel(p) | Evaluator::Dense(p) => {
+                            Some(p)
+                        }
+                    };
+                    if let Some(p) = probe {
+                        let name = evaluator.name();
+                        let bad = [
+                            ("blocks", p.blocks == 0, p.blocks.to_string(), "at least 1"),
+                            ("epochs", p.epochs == 0, p.epochs.to_string(), "at least 1"),
+                            (
+                                "batch_size",
+                                p.batch_size == 0,
+                                p.batch_size.to_string(),
+                                "at least 1",
+                            ),
+                            (
+                                "lr",
+                                !(p.lr > 0.0 && p.lr.is_finite()),
+                                p.lr.to_string(),
+                                "positive",
+                            ),
+                            (
+                                "weight_decay",
+                                !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()),
+                                p.weight_decay.to_string(),
+                                "at least 0",
+                            ),
+                            (
+                                "train_fraction",
+                                !(p.train_fraction > 0.0 && p.train_fraction <= 1.0),
+                                p.train_fraction.to_string(),
+                                "in (0, 1]",
+                            ),
+                        ];
+                        if let Some((field, _, value, rule)) = bad.into_iter().find(|b| b.1) {
+                            return problem(
+                                At::Evaluator(i, j, e, field),
+                                format!("{ctx}: {name} {field} must be {rule}, got '{value}'"),
+                            );
+                        }
+                        continue;
+                    }
+                    let Evaluator::Knn(knn) = evaluator else {
+                        continue;
+                    };
                     if knn.k == 0 {
                         return problem(
                             At::Evaluator(i, j, e, "k"),
@@ -1446,6 +1546,17 @@ mod tests {
                     "Adapt((method: Plugin(name: \"probe\"), epochs: 0))",
                 )),
                 "session 's', stage 0: epochs must be at least 1, got '0'",
+            ),
+            (
+                ws(&session(
+                    "",
+                    "Evaluate([Knn(()), Linear((train_fraction: 0.0))])",
+                )),
+                "stage 0: Linear train_fraction must be in (0, 1], got '0'",
+            ),
+            (
+                ws(&session("", "Evaluate([Dense((epochs: 0))])")),
+                "stage 0: Dense epochs must be at least 1, got '0'",
             ),
             (
                 ws(&session("", "Evaluate([Knn(()), Knn((temperature: 0.0))])")),
