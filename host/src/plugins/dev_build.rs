@@ -253,7 +253,7 @@ mod tests {
             .filter_map(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
         names.sort();
-        assert_eq!(names, ["dino", "dino-mm"]);
+        assert_eq!(names, ["dino", "dino-mm", "selfpatch"]);
     }
 
     #[test]
