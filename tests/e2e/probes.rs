@@ -96,6 +96,23 @@ fn probes_score_a_random_backbone_above_chance() {
     );
 }
 
+/// Runs the shipped `workspaces/<name>.ron` with its output under `output` and the
+/// overrides `sets` (`key.path=value`); asserts it succeeds.
+fn run_shipped(name: &str, output: &Path, sets: &[String]) {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../workspaces/{name}.ron"))
+        .display()
+        .to_string();
+    let mut args: Vec<String> = vec!["run".into(), file];
+    let output_set = format!("output={:?}", output.display().to_string());
+    for set in std::iter::once(&output_set).chain(sets) {
+        args.push("--set".into());
+        args.push(set.clone());
+    }
+    let out = run_patchwork(args);
+    assert!(out.success(), "{}", out.describe());
+}
+
 #[test]
 fn the_dino_mm_workspace_runs_at_a_reduced_size() {
     plugin_lib("patchwork-vit");
@@ -103,26 +120,17 @@ fn the_dino_mm_workspace_runs_at_a_reduced_size() {
     plugin_lib("patchwork-dino-mm");
     let dir = temp_dir("dino-mm");
     let output = dir.join("runs");
-    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../workspaces/dino-mm.ron")
-        .display()
-        .to_string();
-    let mut args: Vec<String> = vec!["run".into(), file];
-    let mut set = |s: String| {
-        args.push("--set".into());
-        args.push(s);
-    };
-    set(format!("output={:?}", output.display().to_string()));
-    set("data.sar-optical.images=64".into());
-    set("data.sar-optical.val_images=32".into());
+    let mut sets = vec![
+        "data.sar-optical.images=64".to_string(),
+        "data.sar-optical.val_images=32".to_string(),
+    ];
     for session in ["dino-mm", "dino"] {
-        set(format!("sessions.{session}.stages.0.epochs=1"));
+        sets.push(format!("sessions.{session}.stages.0.epochs=1"));
         for e in 0..2 {
-            set(format!("sessions.{session}.stages.1.{e}.epochs=5"));
+            sets.push(format!("sessions.{session}.stages.1.{e}.epochs=5"));
         }
     }
-    let out = run_patchwork(args);
-    assert!(out.success(), "{}", out.describe());
+    run_shipped("dino-mm", &output, &sets);
     for session in ["dino-mm", "dino"] {
         let run = output.join("dino-mm").join(session);
         let records = evals(&run);
@@ -139,28 +147,19 @@ fn the_selfpatch_vs_dino_workspace_runs_at_a_reduced_size() {
     plugin_lib("patchwork-selfpatch");
     let dir = temp_dir("selfpatch-vs-dino");
     let output = dir.join("runs");
-    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../workspaces/selfpatch-vs-dino.ron")
-        .display()
-        .to_string();
-    let mut args: Vec<String> = vec!["run".into(), file];
-    let mut set = |s: String| {
-        args.push("--set".into());
-        args.push(s);
-    };
-    set(format!("output={:?}", output.display().to_string()));
-    set("data.shapes.images=128".into());
-    set("data.shapes.val_images=32".into());
+    let mut sets = vec![
+        "data.shapes.images=128".to_string(),
+        "data.shapes.val_images=32".to_string(),
+    ];
     for seed in 0..3 {
         for method in ["dino", "selfpatch"] {
             let s = format!("sessions.{method}-seed{seed}");
-            set(format!("{s}.stages.0.epochs=3"));
-            set(format!("{s}.stages.1.1.epochs=5"));
-            set(format!("{s}.stages.1.2.epochs=2"));
+            sets.push(format!("{s}.stages.0.epochs=3"));
+            sets.push(format!("{s}.stages.1.1.epochs=5"));
+            sets.push(format!("{s}.stages.1.2.epochs=2"));
         }
     }
-    let out = run_patchwork(args);
-    assert!(out.success(), "{}", out.describe());
+    run_shipped("selfpatch-vs-dino", &output, &sets);
     for seed in 0..3 {
         for method in ["dino", "selfpatch"] {
             let run = output

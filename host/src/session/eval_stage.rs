@@ -38,46 +38,76 @@ pub fn eval_loader(
     Ok(Loader::start(data, &cfg, transform, 0, 0)?)
 }
 
-/// CLS features `(N, D)` and labels of every image of `data`, in dataset order, each
-/// image resized, centre-cropped to `size` and normalised with `stats`.
+/// What an evaluation reads from each image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Features {
+    /// CLS tokens of the last `n` blocks, concatenated: one row per image.
+    Cls(usize),
+    /// The final patch tokens: one row per patch.
+    Patches,
+}
+
+/// Rows of features of every image of `data` and each image's label, in dataset
+/// order; each image resized, centre-cropped to `size` and normalised with `stats`.
 pub fn extract(
     backbone: &BackboneInstance<'_>,
     data: Arc<dyn Dataset>,
     size: usize,
     stats: &ChannelStats,
+    what: Features,
 ) -> Result<(Tensor, Vec<u32>), SessionError> {
     let (plugin, instance) = (backbone.plugin, backbone.instance);
-    let loader = eval_loader(data, size, stats)?;
-    let mut feats = Vec::new();
-    let mut labels = Vec::new();
     let device = context::device();
-    for batch in loader {
+    let (mut rows, mut labels) = (Vec::new(), Vec::new());
+    for batch in eval_loader(data, size, stats)? {
         let batch = batch?;
+        labels.extend_from_slice(&batch.labels);
         let images = registry::insert(batch.views[0].to_tensor(&device)?);
         let opts = ForwardOpts {
             train: false,
-            layers: false,
+            layers: matches!(what, Features::Cls(n) if n > 1),
             attention: false,
             keep: ROption::RNone,
         };
         let r = (plugin.root.backbone_forward())(instance, images, opts);
         registry::remove(images);
         let out = check(plugin, "forward", r)?;
-        registry::remove(out.patches);
-        for id in out.layers.iter() {
-            registry::remove(*id);
-        }
+        let cls = registry::remove(out.cls);
+        let patches = registry::remove(out.patches);
+        let layers: Vec<Tensor> = out
+            .layers
+            .iter()
+            .filter_map(|id| registry::remove(*id))
+            .collect();
         if let Some(a) = out.attention.into_option() {
             registry::remove(a);
         }
-        let cls = registry::remove(out.cls).ok_or_else(|| {
-            SessionError::Unsupported("backbone returned an invalid handle".into())
-        })?;
-        feats.push(cls.detach());
-        labels.extend_from_slice(&batch.labels);
+        let invalid = || SessionError::Unsupported("backbone returned an invalid handle".into());
+        let row = match what {
+            Features::Cls(1) => cls.ok_or_else(invalid)?,
+            Features::Cls(n) => {
+                if layers.len() < n {
+                    return Err(SessionError::Unsupported(format!(
+                        "the probe asks for the CLS of the last {n} blocks, but backbone '{}' returned {} block outputs; set `blocks` to at most that (1 reads the final CLS)",
+                        plugin.name(),
+                        layers.len()
+                    )));
+                }
+                let last: Vec<Tensor> = layers[layers.len() - n..]
+                    .iter()
+                    .map(|l| l.narrow(1, 0, 1)?.squeeze(1))
+                    .collect::<candle_core::Result<_>>()?;
+                Tensor::cat(&last, 1)?
+            }
+            Features::Patches => {
+                let p = patches.ok_or_else(invalid)?;
+                let (b, n, d) = p.dims3()?;
+                p.reshape((b * n, d))?
+            }
+        };
+        rows.push(row.detach());
     }
-    let refs: Vec<&Tensor> = feats.iter().collect();
-    Ok((Tensor::cat(&refs, 0)?, labels))
+    Ok((Tensor::cat(&rows, 0)?, labels))
 }
 
 /// A backbone instance to extract features with.
@@ -100,8 +130,9 @@ pub fn knn(
             "k-NN evaluation needs labelled data; this data source has no classes".into(),
         ));
     }
-    let (bank, bank_labels) = extract(backbone, data.train.clone(), data.size, &data.stats)?;
-    let (test, test_labels) = extract(backbone, data.val.clone(), data.size, &data.stats)?;
+    let cls = Features::Cls(1);
+    let (bank, bank_labels) = extract(backbone, data.train.clone(), data.size, &data.stats, cls)?;
+    let (test, test_labels) = extract(backbone, data.val.clone(), data.size, &data.stats, cls)?;
     Ok(knn_accuracy(
         &bank,
         &bank_labels,

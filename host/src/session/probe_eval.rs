@@ -3,22 +3,17 @@
 //! linear probe trained on the first ([`crate::eval::probe`]), its score on the
 //! second.
 
-use std::sync::Arc;
-
-use abi_stable::std_types::ROption;
-use candle_core::{DType, Tensor};
-use patchwork_plugin_api::abi::ForwardOpts;
+use candle_core::Tensor;
 use rand::{SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
     SessionError,
-    eval_stage::{BackboneInstance, eval_loader},
+    eval_stage::{BackboneInstance, Features, extract},
     plugin_call::check,
 };
 use crate::{
     data::{loader::Dataset, source::Data},
-    engine::{context, registry},
     eval::{
         metrics::{MultiLabel, mean_iou},
         probe::{LinearProbe, ProbeConfig, Target, patch_majority, upsample_cells},
@@ -30,78 +25,6 @@ use crate::{
 /// Seed of the probes' row order and of the `train_fraction` subset (DINO-MM's
 /// `train_frac` subset uses 42).
 const PROBE_SEED: u64 = 42;
-
-/// What the probe reads from each image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Features {
-    /// CLS tokens of the last `n` blocks, concatenated: one row per image.
-    Cls(usize),
-    /// The final patch tokens: one row per patch.
-    Patches,
-}
-
-/// Rows of features of every image of `data`, in dataset order, and each image's
-/// label.
-fn features(
-    backbone: &BackboneInstance<'_>,
-    data: Arc<dyn Dataset>,
-    size: usize,
-    stats: &crate::data::stats::ChannelStats,
-    what: Features,
-) -> Result<(Tensor, Vec<u32>), SessionError> {
-    let (plugin, instance) = (backbone.plugin, backbone.instance);
-    let device = context::device();
-    let (mut rows, mut labels) = (Vec::new(), Vec::new());
-    for batch in eval_loader(data, size, stats)? {
-        let batch = batch?;
-        labels.extend_from_slice(&batch.labels);
-        let images = registry::insert(batch.views[0].to_tensor(&device)?);
-        let opts = ForwardOpts {
-            train: false,
-            layers: matches!(what, Features::Cls(n) if n > 1),
-            attention: false,
-            keep: ROption::RNone,
-        };
-        let r = (plugin.root.backbone_forward())(instance, images, opts);
-        registry::remove(images);
-        let out = check(plugin, "forward", r)?;
-        let cls = registry::remove(out.cls);
-        let patches = registry::remove(out.patches);
-        let layers: Vec<Tensor> = out
-            .layers
-            .iter()
-            .filter_map(|id| registry::remove(*id))
-            .collect();
-        if let Some(a) = out.attention.into_option() {
-            registry::remove(a);
-        }
-        let invalid = || SessionError::Unsupported("backbone returned an invalid handle".into());
-        let row = match what {
-            Features::Cls(1) => cls.ok_or_else(invalid)?,
-            Features::Cls(n) => {
-                if layers.len() < n {
-                    return Err(SessionError::Unsupported(format!(
-                        "the probe asks for the CLS of the last {n} blocks, but backbone '{}' returned {} block outputs; set `blocks` to at most that (1 reads the final CLS)",
-                        plugin.name(),
-                        layers.len()
-                    )));
-                }
-                let last: Vec<Tensor> = layers[layers.len() - n..]
-                    .iter()
-                    .map(|l| l.narrow(1, 0, 1)?.squeeze(1))
-                    .collect::<candle_core::Result<_>>()?;
-                Tensor::cat(&last, 1)?
-            }
-            Features::Patches => {
-                let p = patches.ok_or_else(invalid)?;
-                let (b, n, d) = p.dims3()?;
-                p.reshape((b * n, d))?
-            }
-        };
-        rows.push(row.detach().to_dtype(DType::F32)?);
-    }
-    Ok((Tensor::cat(&rows, 0)?, labels))
-}
 
 /// A seeded `fraction` of `0..n` (at least one index), ascending.
 fn subset(n: usize, fraction: f64) -> Vec<u32> {
@@ -189,8 +112,8 @@ pub fn evaluate(
         weight_decay: settings.weight_decay,
         seed: PROBE_SEED,
     };
-    let (train_x, train_y) = features(backbone, data.train.clone(), data.size, &data.stats, what)?;
-    let (val_x, val_y) = features(backbone, data.val.clone(), data.size, &data.stats, what)?;
+    let (train_x, train_y) = extract(backbone, data.train.clone(), data.size, &data.stats, what)?;
+    let (val_x, val_y) = extract(backbone, data.val.clone(), data.size, &data.stats, what)?;
     let keep = subset(data.train.len(), settings.train_fraction);
     let device = train_x.device().clone();
     let pick = |x: &Tensor, rows: &[u32]| -> Result<Tensor, SessionError> {

@@ -343,7 +343,6 @@ pub fn run_session(
     let mut stopped = None;
     // Optimizer steps of the stages done so far.
     let mut steps_before = 0u64;
-    let mut first_training = true;
     let metrics_path = run_dir.join("metrics.jsonl");
     // The stages, in a closure so that a failure is recorded in the manifest first.
     let staged = (|| -> Result<(), SessionError> {
@@ -412,12 +411,12 @@ pub fn run_session(
                     metadata.insert("result_scope".to_string(), result_scope.clone());
                     // The first training stage keeps `checkpoints/`; later ones get a
                     // folder each, so resuming finds every stage's own last step.
+                    let first_training = !session.stages[..j].iter().any(|s| s.plugin().is_some());
                     let ckpt_dir = if first_training {
                         run_dir.join("checkpoints")
                     } else {
                         run_dir.join("checkpoints").join(format!("stage-{j}"))
                     };
-                    first_training = false;
                     let env = StageEnv {
                         task: (plugin, instance),
                         stage: spec,

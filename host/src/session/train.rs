@@ -96,7 +96,7 @@ impl<'a> TrainSpec<'a> {
                 jitter_p: 0.0,
                 gray_p: 0.0,
                 blur_p: 0.0,
-                blur_sigma: (0.1, 2.0),
+                blur_sigma: crate::data::views::BLUR_SIGMA,
                 solarize_p: 0.0,
             }]),
             scope: scope.to_string(),

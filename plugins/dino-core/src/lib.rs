@@ -88,27 +88,42 @@ pub struct Dino {
     pending_center: Option<Tensor>,
 }
 
-/// CLS tokens of `views` through `backbone`, one forward per run of equal
-/// resolution: `n_views × (B, C, H, W)` → `(n_views·B, D)`, view-major.
-fn multi_crop_cls(
+/// `views` through `backbone`, one forward per run of consecutive crops of equal
+/// resolution (multi-crop batching): each run's crop range and output, whose rows
+/// are the run's crops in order, `B` rows each.
+pub fn forward_by_resolution(
     backbone: &BackboneHandle,
     views: &[Tensor],
     opts: &ForwardOptions,
-) -> Result<Tensor> {
+) -> Result<Vec<(std::ops::Range<usize>, BackboneOutput)>> {
     let sizes = views
         .iter()
         .map(|v| Ok((v.dim(2)?, v.dim(3)?)))
         .collect::<Result<Vec<(usize, usize)>>>()?;
     let mut outs = Vec::new();
     for group in group_consecutive(&sizes) {
-        let crops: Vec<&Tensor> = views[group].iter().collect();
+        let crops: Vec<&Tensor> = views[group.clone()].iter().collect();
         let images = if crops.len() == 1 {
             crops[0].clone()
         } else {
             Tensor::cat(&crops, 0)?
         };
-        outs.push(backbone.forward(&images, opts)?.cls); // (n_group·B, D)
+        outs.push((group, backbone.forward(&images, opts)?));
     }
+    Ok(outs)
+}
+
+/// CLS tokens of `views` through `backbone` ([`forward_by_resolution`]):
+/// `n_views × (B, C, H, W)` → `(n_views·B, D)`, view-major.
+fn multi_crop_cls(
+    backbone: &BackboneHandle,
+    views: &[Tensor],
+    opts: &ForwardOptions,
+) -> Result<Tensor> {
+    let outs: Vec<Tensor> = forward_by_resolution(backbone, views, opts)?
+        .into_iter()
+        .map(|(_, out)| out.cls) // (n_group·B, D)
+        .collect();
     let refs: Vec<&Tensor> = outs.iter().collect();
     if refs.len() == 1 {
         Ok(outs[0].clone())

@@ -33,9 +33,10 @@ pub mod neighbours;
 
 use aggregation::Aggregation;
 use patchwork_dino_core::{
+    forward_by_resolution,
     head::{DinoHead, HeadDims},
     loss::{dino_loss, next_center, teacher_scores},
-    schedule::{group_consecutive, teacher_momentum, teacher_temp},
+    schedule::{teacher_momentum, teacher_temp},
 };
 use patchwork_plugin_api::prelude::*;
 
@@ -144,22 +145,11 @@ impl Side {
 
     /// Patch tokens `(B, N, D)` of each crop, one backbone call per run of equal sides.
     fn patches(&self, views: &[Tensor], opts: &ForwardOptions) -> Result<Vec<Tensor>> {
-        let sides = views
-            .iter()
-            .map(|v| v.dim(2))
-            .collect::<Result<Vec<usize>>>()?;
         let b = views.first().map_or(Ok(0), |v| v.dim(0))?;
         let mut out = Vec::with_capacity(views.len());
-        for group in group_consecutive(&sides) {
-            let crops: Vec<&Tensor> = views[group.clone()].iter().collect();
-            let images = if crops.len() == 1 {
-                crops[0].clone()
-            } else {
-                Tensor::cat(&crops, 0)?
-            };
-            let patches = self.backbone.forward(&images, opts)?.patches; // (g·B, N, D)
+        for (group, output) in forward_by_resolution(&self.backbone, views, opts)? {
             for i in 0..group.len() {
-                out.push(patches.narrow(0, i * b, b)?);
+                out.push(output.patches.narrow(0, i * b, b)?); // (B, N, D)
             }
         }
         Ok(out)
