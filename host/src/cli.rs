@@ -82,7 +82,7 @@ pub enum Command {
     Run {
         /// Workspace file.
         file: PathBuf,
-        /// Only this session.
+        /// Only this session (one with `seeds`: all its runs; `NAME-seedS`: one).
         #[arg(long)]
         session: Option<String>,
         /// Override a field: `--set sessions.NAME.stages.0.epochs=3`.
@@ -402,17 +402,26 @@ fn run_workspace(
     let ws = overrides::apply(ws, sets)?;
     let dirs = search_dirs(&ws, file, extra);
     let registry = PluginRegistry::discover(&dirs);
-    let sessions: Vec<&schema::Session> = match only {
-        Some(name) => vec![ws.session(name).with_context(|| {
-            let known: Vec<&str> = ws.sessions.iter().map(|s| s.name.as_str()).collect();
+    let sessions: Vec<schema::Session> = match only {
+        Some(name) => ws.runs_of(name).with_context(|| {
+            let known: Vec<String> = ws
+                .clone()
+                .expand_seeds()
+                .sessions
+                .iter()
+                .map(|s| s.name.clone())
+                .collect();
             format!(
                 "no session '{name}' in '{}' (sessions: {})",
                 file.display(),
                 known.join(", ")
             )
-        })?],
-        None => ws.sessions.iter().collect(),
+        })?,
+        None => ws.clone().expand_seeds().sessions,
     };
+    // What runs: the workspace with its seeds expanded (`NAME-seedS`).
+    let written = ws;
+    let ws = written.clone().expand_seeds();
     let opts = RunOptions {
         resume: flags.resume,
         workspace_path: file.to_path_buf(),
@@ -428,7 +437,7 @@ fn run_workspace(
         .flatten();
     let resume_hint = format!("patchwork run {} --resume", file.display());
     let mut failed = Vec::new();
-    for session in sessions {
+    for session in &sessions {
         let mut printer = Printer::new(&session.name);
         let outcome = run_session(&ws, session, &registry, &opts, &mut |e| printer.event(e));
         printer.finish();
@@ -477,6 +486,10 @@ fn run_workspace(
                 100.0 * k.trained
             );
         }
+    }
+    match crate::session::summary::write(&written, file) {
+        Ok(path) => println!("summary of the workspace: {}", path.display()),
+        Err(e) => eprintln!("warning: no workspace summary: {e}"),
     }
     if !failed.is_empty() {
         bail!(

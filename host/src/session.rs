@@ -3,9 +3,11 @@
 
 pub mod adapt_eval;
 pub mod attention;
+pub mod attention_figure;
 pub mod control;
 pub mod error;
 pub mod eval_stage;
+pub mod evaluate;
 pub mod events;
 pub mod inspect;
 pub mod manifest;
@@ -15,6 +17,7 @@ pub mod reload;
 pub mod report;
 pub mod runner;
 mod stage_optim;
+pub mod summary;
 pub mod train;
 
 pub use control::SessionControl;

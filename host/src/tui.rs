@@ -54,7 +54,7 @@ pub fn run(file: &Path, sets: &[String], extra: &[PathBuf], dev: bool) -> Result
     let registry = PluginRegistry::discover(&dirs);
     let (tx, rx) = mpsc::channel();
     log_sink::connect(tx.clone());
-    let mut app = App::new(&ws, plugin_rows(&registry));
+    let mut app = App::new(&ws.clone().expand_seeds(), plugin_rows(&registry));
     for (path, err) in &registry.errors {
         let first = err.lines().next().unwrap_or_default();
         app.push_log(

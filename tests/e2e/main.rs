@@ -6,6 +6,7 @@ mod bad_input;
 mod boundary;
 mod data;
 mod drills;
+mod evaluations;
 mod gradients;
 mod plugins;
 mod probes;

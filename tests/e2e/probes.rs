@@ -7,13 +7,14 @@ use patchwork_tests::{plugin_lib, run_patchwork, temp_dir};
 
 use crate::{run_dir, tiny_workspace, write_workspace};
 
-/// Every `"event": "eval"` record of a run: evaluator name and the record.
+/// The probe evaluators' records of a run's `Evaluate` stage, in order.
 fn evals(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .expect("metrics.jsonl")
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
-        .filter(|r| r["event"] == "eval")
+        .filter(|r| r["event"] == "eval" && r["at"] == "end")
+        .filter(|r| !["Knn", "Attention"].contains(&r["evaluator"].as_str().unwrap_or("")))
         .collect()
 }
 
@@ -151,25 +152,46 @@ fn the_selfpatch_vs_dino_workspace_runs_at_a_reduced_size() {
         "data.shapes.images=128".to_string(),
         "data.shapes.val_images=32".to_string(),
     ];
-    for seed in 0..3 {
-        for method in ["dino", "selfpatch"] {
-            let s = format!("sessions.{method}-seed{seed}");
-            sets.push(format!("{s}.stages.0.epochs=3"));
-            sets.push(format!("{s}.stages.1.1.epochs=5"));
-            sets.push(format!("{s}.stages.1.2.epochs=2"));
-        }
+    for method in ["dino", "selfpatch"] {
+        let s = format!("sessions.{method}");
+        sets.push(format!("{s}.stages.0.epochs=3"));
+        sets.push(format!("{s}.stages.0.eval_every=2"));
+        sets.push(format!("{s}.stages.2.0.epochs=5"));
+        sets.push(format!("{s}.stages.2.1.epochs=2"));
     }
+    sets.push("sessions.random-init.stages.0.1.epochs=5".into());
+    sets.push("sessions.random-init.stages.0.2.epochs=2".into());
     run_shipped("selfpatch-vs-dino", &output, &sets);
+    let ws = output.join("selfpatch-vs-dino");
     for seed in 0..3 {
-        for method in ["dino", "selfpatch"] {
-            let run = output
-                .join("selfpatch-vs-dino")
-                .join(format!("{method}-seed{seed}"));
+        for method in ["dino", "selfpatch", "random-init"] {
+            let run = ws.join(format!("{method}-seed{seed}"));
             let records = evals(&run);
             assert_eq!(records.len(), 2, "{method}-seed{seed}: {records:?}");
             let report = std::fs::read_to_string(run.join("report.md")).expect("report");
             assert!(report.contains("dense mIoU"), "{report}");
+            if method != "random-init" {
+                assert!(report.contains("| 2 |"), "k-NN after epoch 2: {report}");
+                assert!(run.join("attention").join("epoch-0002.png").is_file());
+                assert!(run.join("attention").join("end.png").is_file());
+            }
         }
+    }
+    let summary = std::fs::read_to_string(ws.join("summary.md")).expect("summary");
+    assert!(
+        summary.contains("| score | dino (3 runs) | selfpatch (3 runs) | random-init (3 runs) |"),
+        "{summary}"
+    );
+    for score in [
+        "| knn@20 |",
+        "| linear top-1 (4 blocks) |",
+        "| dense mIoU |",
+    ] {
+        let row = summary
+            .lines()
+            .find(|l| l.starts_with(score))
+            .unwrap_or_else(|| panic!("{score}: {summary}"));
+        assert_eq!(row.matches(" ± ").count(), 3, "{row}");
     }
     // SelfPatch's own term learns over the 12 steps: the patch loss falls. (The
     // image-level DINO loss may rise this early, while the centre spreads the

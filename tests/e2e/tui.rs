@@ -173,10 +173,19 @@ fn quickstart_starts_pauses_resumes_finishes_and_quits() {
     let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
     assert!(report.contains("k-NN"), "{report}");
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    // The evaluations' records (k-NN and attention, at random init and the end)
+    // carry an "event"; the steps' do not.
     assert_eq!(
-        metrics.lines().count(),
+        metrics.lines().filter(|l| !l.contains("\"event\"")).count(),
         96,
         "one line per step, none lost to the pause"
+    );
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"event\":\"eval\""))
+            .count(),
+        4
     );
     let manifest = std::fs::read_to_string(run_dir.join("manifest.json")).unwrap();
     assert!(manifest.contains("\"done\""), "{manifest}");

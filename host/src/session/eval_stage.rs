@@ -107,7 +107,9 @@ pub fn extract(
         };
         rows.push(row.detach());
     }
-    Ok((Tensor::cat(&rows, 0)?, labels))
+    // A single batch's CLS is a view into the backbone's output; index_select (the
+    // probes' subsets and batches) needs a contiguous tensor.
+    Ok((Tensor::cat(&rows, 0)?.contiguous()?, labels))
 }
 
 /// A backbone instance to extract features with.

@@ -65,6 +65,10 @@ pub fn parse_metrics(text: &str) -> RunMetrics {
         let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        if record.get("event").is_some() {
+            // Evaluations and reloads: their `loss` is not a training step's.
+            continue;
+        }
         let field = |k: &str| record.get(k).and_then(serde_json::Value::as_f64);
         if let (Some(step), Some(loss)) =
             (record.get("step").and_then(|v| v.as_u64()), field("loss"))

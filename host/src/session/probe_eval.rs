@@ -97,7 +97,7 @@ pub fn evaluate(
     let (settings, what): (&ProbeSettings, Features) = match evaluator {
         Evaluator::Linear(p) | Evaluator::MultiLabel(p) => (p, Features::Cls(p.blocks)),
         Evaluator::Dense(p) => (p, Features::Patches),
-        Evaluator::Knn(_) => return Ok(Vec::new()),
+        Evaluator::Knn(_) | Evaluator::Attention(_) => return Ok(Vec::new()),
     };
     if data.classes == 0 {
         return Err(SessionError::Unsupported(format!(
@@ -226,7 +226,7 @@ pub fn evaluate(
             })?;
             Ok(vec![(format!("dense mIoU{suffix}"), miou)])
         }
-        Evaluator::Knn(_) => Ok(Vec::new()),
+        Evaluator::Knn(_) | Evaluator::Attention(_) => Ok(Vec::new()),
     }
 }
 

@@ -2,6 +2,64 @@
 
 use std::fmt::Write;
 
+use super::evaluate::History;
+
+/// A score as the report prints it: fractions as percentages, losses and values
+/// outside `[0, 1]` as numbers.
+pub fn score_text(name: &str, value: f64) -> String {
+    if name.contains("loss") || !(0.0..=1.0).contains(&value) {
+        format!("{value:.4}")
+    } else {
+        format!("{:.2} %", 100.0 * value)
+    }
+}
+
+/// The table of evaluations during pre-training: a row per evaluated epoch (0 is the
+/// random init) and the end, a column per score; empty when no epoch after the
+/// random init was evaluated.
+fn during_table(h: &History) -> String {
+    if !h.by_epoch.keys().any(|&e| e > 0) {
+        return String::new();
+    }
+    let mut names: Vec<&str> = Vec::new();
+    let rows = h.by_epoch.iter().map(|(e, v)| {
+        let label = if *e == 0 {
+            "0 (random init)".to_string()
+        } else {
+            e.to_string()
+        };
+        (label, v)
+    });
+    let rows: Vec<(String, &Vec<(String, f64)>)> = rows
+        .chain((!h.end.is_empty()).then(|| ("end".to_string(), &h.end)))
+        .collect();
+    for (_, scores) in &rows {
+        for (n, _) in scores.iter() {
+            if !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+    }
+    let mut s = String::from("\n## Evaluations during pre-training\n\n| epoch |");
+    for n in &names {
+        let _ = write!(s, " {n} |");
+    }
+    let _ = writeln!(s, "\n|---|{}", "---|".repeat(names.len()));
+    for (label, scores) in rows {
+        let _ = write!(s, "| {label} |");
+        for n in &names {
+            match scores.iter().find(|(m, _)| m == n) {
+                Some((_, v)) => {
+                    let _ = write!(s, " {} |", score_text(n, *v));
+                }
+                None => s.push_str(" |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
 /// The facts a report shows.
 #[derive(Debug, Default, Clone)]
 pub struct ReportData {
@@ -36,6 +94,9 @@ pub struct ReportData {
     pub adaptations: Vec<AdaptResult>,
     /// Probe evaluations (`Linear`, `MultiLabel`, `Dense`): name and score in `[0, 1]`.
     pub evals: Vec<(String, f64)>,
+    /// Every evaluation the run recorded (random init, every `eval_every` epochs, the
+    /// end) and its attention figures, from `metrics.jsonl`.
+    pub history: History,
 }
 
 /// One `Adapt` stage: its training loss and its evaluation on the validation split.
@@ -167,6 +228,16 @@ pub fn render(d: &ReportData) -> String {
             let _ = writeln!(s, "| {name} | {value:.4} |");
         }
     }
+    s.push_str(&during_table(&d.history));
+    if !d.history.figures.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Attention maps\n\nLast block, CLS attention per head (one column each, after the image), validation images.\n"
+        );
+        for (at, path) in &d.history.figures {
+            let _ = writeln!(s, "- {at}: ![{at}]({path})");
+        }
+    }
     if !d.reloads.is_empty() {
         let _ = writeln!(s, "\n## Hot reloads\n");
         for line in &d.reloads {
@@ -232,6 +303,40 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("| accuracy | 0.8125 |"), "{text}");
+    }
+
+    #[test]
+    fn evaluations_during_training_get_a_table_and_figures_a_list() {
+        let mut history = History::default();
+        assert!(!render(&ReportData::default()).contains("during pre-training"));
+        history
+            .by_epoch
+            .insert(0, vec![("knn@20".to_string(), 0.3)]);
+        assert!(
+            during_table(&history).is_empty(),
+            "random init alone makes no table"
+        );
+        history.by_epoch.insert(
+            4,
+            vec![
+                ("knn@20".to_string(), 0.4),
+                ("dense mIoU".to_string(), 0.125),
+            ],
+        );
+        history.end = vec![("knn@20".to_string(), 0.5), ("probe loss".into(), 1.5)];
+        history.figures = vec![("end".into(), "attention/end.png".into())];
+        let text = render(&ReportData {
+            history,
+            ..Default::default()
+        });
+        assert!(
+            text.contains("| epoch | knn@20 | dense mIoU | probe loss |"),
+            "{text}"
+        );
+        assert!(text.contains("| 0 (random init) | 30.00 % | | |"), "{text}");
+        assert!(text.contains("| 4 | 40.00 % | 12.50 % | |"), "{text}");
+        assert!(text.contains("| end | 50.00 % | | 1.5000 |"), "{text}");
+        assert!(text.contains("- end: ![end](attention/end.png)"), "{text}");
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -16,9 +15,9 @@ use super::{
     SessionError, SessionEvent, adapt_eval,
     attention::{AttentionCapture, AttentionProbe},
     control::SessionControl,
-    eval_stage::{BackboneInstance, knn},
+    eval_stage::BackboneInstance,
+    evaluate::{self, EvalPoint, Evaluation, append_line, knn_name},
     plugin_call::{check, create},
-    probe_eval,
     report::{self, AdaptResult, KnnResult, ReportData},
     train::{self, StageEnv, Stopped, TrainSpec},
 };
@@ -29,7 +28,9 @@ use crate::{
         context::{self, BackboneSource, HostContext},
     },
     plugins::{LoadedPlugin, PluginRegistry},
-    workspace::schema::{DeviceSpec, Evaluator, PluginRef, Session, Stage, Workspace, resolve},
+    workspace::schema::{
+        DeviceSpec, Evaluator, KnnConfig, PluginRef, Session, Stage, Workspace, resolve,
+    },
 };
 
 /// How to run.
@@ -150,16 +151,6 @@ fn evaluate_adaptation(
     Ok(metrics)
 }
 
-/// Appends one JSON record to `metrics.jsonl`.
-fn append_line(metrics_path: &Path, record: &serde_json::Value) -> Result<(), SessionError> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(metrics_path)
-        .map_err(SessionError::io(metrics_path))?;
-    writeln!(file, "{record}").map_err(SessionError::io(metrics_path))
-}
-
 /// Guard that uninstalls the session context however the session ends.
 struct ContextGuard;
 
@@ -184,18 +175,26 @@ pub(super) fn backbone_at<'a>(
     Ok(BackboneInstance { plugin, instance })
 }
 
-/// k-NN accuracy of the backbone whose parameters are under `scope`.
-fn knn_at(
-    plugin: &LoadedPlugin,
-    config: &str,
-    scope: &str,
-    data: &Data,
-    k: &crate::workspace::schema::KnnConfig,
-) -> Result<f64, SessionError> {
-    let bb = backbone_at(plugin, config, scope)?;
-    let acc = knn(&bb, data, k.k, k.temperature);
-    destroy(plugin, bb.instance);
-    acc
+/// What runs at random init, before the first pre-training: the session's first
+/// k-NN and first attention figure (a baseline for the trained backbone's).
+fn random_init_evaluators(session: &Session) -> Vec<Evaluator> {
+    let all: Vec<&Evaluator> = session
+        .stages
+        .iter()
+        .filter_map(|s| match s {
+            Stage::Evaluate(evs) => Some(evs),
+            Stage::Pretrain(_) | Stage::Adapt(_) => None,
+        })
+        .flatten()
+        .collect();
+    let first = |pick: fn(&Evaluator) -> bool| all.iter().find(|e| pick(e)).map(|e| (*e).clone());
+    [
+        first(|e| matches!(e, Evaluator::Knn(_))),
+        first(|e| matches!(e, Evaluator::Attention(_))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 pub(super) fn destroy(plugin: &LoadedPlugin, instance: InstanceId) {
@@ -298,12 +297,10 @@ pub fn run_session(
     context::install(ctx);
     let _guard = ContextGuard;
 
-    let knn_cfg = session.stages.iter().find_map(|s| match s {
-        Stage::Evaluate(evs) => evs.iter().find_map(|e| match e {
-            Evaluator::Knn(k) => Some(k.clone()),
-            _ => None,
-        }),
-        Stage::Pretrain(_) | Stage::Adapt(_) => None,
+    let random_init = random_init_evaluators(session);
+    let random_knn_cfg: Option<KnnConfig> = random_init.iter().find_map(|e| match e {
+        Evaluator::Knn(k) => Some(k.clone()),
+        _ => None,
     });
     let mut report = ReportData {
         workspace: ws.name.clone(),
@@ -339,6 +336,7 @@ pub fn run_session(
     // The backbone build in use (a hot reload can replace it).
     let mut backbone_live = backbone_plugin.clone();
     let mut random_knn: Option<f64> = None;
+    let mut random_done = false;
     let mut tasks = tasks.into_iter();
     let mut stopped = None;
     // Optimizer steps of the stages done so far.
@@ -375,27 +373,33 @@ pub fn run_session(
                                 return Err(e);
                             }
                         };
-                        if let (Some(k), false) = (&knn_cfg, resuming || random_knn.is_some()) {
-                            let acc = knn_at(
-                                &backbone_live,
-                                &session.backbone.config,
-                                &result_scope,
-                                &data,
-                                k,
-                            );
-                            let acc = match acc {
-                                Ok(a) => a,
+                        if !(resuming || random_done || random_init.is_empty()) {
+                            random_done = true;
+                            let evaluation = Evaluation {
+                                backbone: &backbone_live,
+                                config: &session.backbone.config,
+                                scope: &result_scope,
+                                data: &data,
+                                run_dir: &run_dir,
+                            };
+                            let scores = match evaluation.run(
+                                &random_init,
+                                EvalPoint::RandomInit,
+                                steps_before,
+                                emit,
+                            ) {
+                                Ok(s) => s,
                                 Err(e) => {
                                     destroy(plugin, instance);
                                     return Err(e);
                                 }
                             };
-                            emit(SessionEvent::Eval {
-                                name: format!("knn@{} (random init)", k.k),
-                                value: acc,
+                            random_knn = random_knn_cfg.as_ref().and_then(|k| {
+                                scores.iter().find(|(n, _)| *n == knn_name(k)).map(|s| s.1)
                             });
-                            metadata.insert("knn_random_init".to_string(), acc.to_string());
-                            random_knn = Some(acc);
+                            if let Some(acc) = random_knn {
+                                metadata.insert("knn_random_init".to_string(), acc.to_string());
+                            }
                         }
                         let label = if resuming { "resumed" } else { "random init" };
                         capture_attention(
@@ -417,7 +421,35 @@ pub fn run_session(
                     } else {
                         run_dir.join("checkpoints").join(format!("stage-{j}"))
                     };
+                    let every = match training {
+                        Stage::Pretrain(p) => u64::from(p.eval_every),
+                        Stage::Adapt(_) | Stage::Evaluate(_) => 0,
+                    };
+                    let stage_epochs = u64::from(spec.epochs);
+                    let periodic = session.periodic_evaluators(j).filter(|_| every > 0);
+                    let on_epoch_end = periodic.map(|evaluators| {
+                        let evaluation = Evaluation {
+                            backbone: &backbone_live,
+                            config: &session.backbone.config,
+                            scope: &result_scope,
+                            data: &data,
+                            run_dir: &run_dir,
+                        };
+                        // The last epoch is left to the `Evaluate` stage that follows.
+                        Box::new(
+                            move |epoch: u64, step: u64, emit: &mut dyn FnMut(SessionEvent)| {
+                                if epoch % every != 0 || epoch >= stage_epochs {
+                                    return Ok(());
+                                }
+                                emit(SessionEvent::Log(format!("evaluating after epoch {epoch}")));
+                                evaluation
+                                    .run(evaluators, EvalPoint::Epoch(epoch), step, emit)
+                                    .map(|_| ())
+                            },
+                        ) as train::EpochHook<'_>
+                    });
                     let env = StageEnv {
+                        on_epoch_end,
                         task: (plugin, instance),
                         stage: spec,
                         keep_instance: !pretext,
@@ -500,50 +532,36 @@ pub fn run_session(
                     }
                 }
                 Stage::Evaluate(evs) => {
+                    let evaluation = Evaluation {
+                        backbone: &backbone_live,
+                        config: &session.backbone.config,
+                        scope: &result_scope,
+                        data: &data,
+                        run_dir: &run_dir,
+                    };
+                    let scores = evaluation.run(evs, EvalPoint::End, steps_before, emit)?;
                     for evaluator in evs {
-                        let Evaluator::Knn(k) = evaluator else {
-                            let bb = backbone_at(
-                                &backbone_live,
-                                &session.backbone.config,
-                                &result_scope,
-                            )?;
-                            let scores =
-                                probe_eval::evaluate(&backbone_live, &bb, &data, evaluator);
-                            destroy(&backbone_live, bb.instance);
-                            let mut record = serde_json::json!({
-                                "event": "eval",
-                                "step": steps_before,
-                                "evaluator": evaluator.name(),
-                            });
-                            for (name, value) in scores? {
-                                record[name.as_str()] = serde_json::json!(value);
-                                emit(SessionEvent::Eval {
-                                    name: name.clone(),
-                                    value,
+                        if let Evaluator::Knn(k) = evaluator {
+                            if let Some((_, acc)) = scores.iter().find(|(n, _)| *n == knn_name(k)) {
+                                report.knn = Some(KnnResult {
+                                    k: k.k,
+                                    temperature: k.temperature,
+                                    random_init: random_knn,
+                                    trained: *acc,
                                 });
-                                report.evals.push((name, value));
                             }
-                            append_line(&metrics_path, &record)?;
-                            continue;
-                        };
-                        let acc = knn_at(
-                            &backbone_live,
-                            &session.backbone.config,
-                            &result_scope,
-                            &data,
-                            k,
-                        )?;
-                        emit(SessionEvent::Eval {
-                            name: format!("knn@{} (trained)", k.k),
-                            value: acc,
-                        });
-                        report.knn = Some(KnnResult {
-                            k: k.k,
-                            temperature: k.temperature,
-                            random_init: random_knn,
-                            trained: acc,
-                        });
+                        }
                     }
+                    let knn_names: Vec<String> = evs
+                        .iter()
+                        .filter_map(|e| match e {
+                            Evaluator::Knn(k) => Some(knn_name(k)),
+                            _ => None,
+                        })
+                        .collect();
+                    report
+                        .evals
+                        .extend(scores.into_iter().filter(|(n, _)| !knn_names.contains(n)));
                     capture_attention(
                         probe.as_ref(),
                         &backbone_live,
@@ -565,6 +583,7 @@ pub fn run_session(
         return Err(e);
     }
     report.seconds = started.elapsed().as_secs_f64();
+    report.history = evaluate::read_history(&run_dir);
     report.skipped = (!data.corrupt.is_empty()).then(|| data.corrupt.to_string());
     manifest.finish(
         report.steps,

@@ -143,7 +143,14 @@ pub struct StageEnv<'a> {
     pub control: Arc<SessionControl>,
     /// Captures last-layer attention maps at each epoch end (the TUI's attention view).
     pub attention: Option<AttentionCapture<'a>>,
+    /// Called at each epoch end, after its checkpoint, with the epochs done and the
+    /// session step (`eval_every`'s evaluations); an error ends the stage.
+    pub on_epoch_end: Option<EpochHook<'a>>,
 }
+
+/// See [`StageEnv::on_epoch_end`].
+pub type EpochHook<'a> =
+    Box<dyn FnMut(u64, u64, &mut dyn FnMut(SessionEvent)) -> Result<(), SessionError> + 'a>;
 
 /// Why a stage ended before its last epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,7 +342,7 @@ impl Drop for Handles {
 
 /// Runs the stage.
 pub fn run(
-    env: StageEnv<'_>,
+    mut env: StageEnv<'_>,
     emit: &mut dyn FnMut(SessionEvent),
 ) -> Result<TrainOutcome, SessionError> {
     let stage = &env.stage;
@@ -647,6 +654,11 @@ pub fn run(
                 checkpoint::prune(&ckpt_dir, env.keep_checkpoints.max(1))?;
                 emit(SessionEvent::Checkpoint { path: path.clone() });
                 last_good = Some(path);
+            }
+            if end_of_epoch {
+                if let Some(hook) = env.on_epoch_end.as_mut() {
+                    hook(epoch + 1, before + step, &mut *emit)?;
+                }
             }
             if let (Some(reason), Some(checkpoint)) = (stop, &last_good) {
                 stopped = Some(Stopped {

@@ -29,6 +29,9 @@ pub const ATTENTION_IMAGES: usize = 4;
 
 /// The sessions' threads and what they share.
 pub struct Workers {
+    /// The workspace as written (a session with `seeds` once), for the summary.
+    written: Arc<Workspace>,
+    /// What runs: the sessions with their seeds expanded, in the UI's order.
     ws: Arc<Workspace>,
     registry: Arc<PluginRegistry>,
     plugin_dirs: Vec<PathBuf>,
@@ -124,7 +127,8 @@ fn ended(result: thread::Result<Result<SessionOutcome, SessionError>>) -> Ended 
 }
 
 impl Workers {
-    /// Workers for the sessions of `ws` (the file at `workspace_path`, text
+    /// Workers for the sessions of `ws` (as written, its seeds expanded here; the file
+    /// at `workspace_path`, text
     /// `workspace_source`), with plugins from `registry` (found in `plugin_dirs`);
     /// events go to `tx`, stamped with seconds since `started`.
     pub fn new(
@@ -136,6 +140,8 @@ impl Workers {
         tx: Sender<Msg>,
         started: Instant,
     ) -> Self {
+        let written = Arc::new(ws.clone());
+        let ws = ws.expand_seeds();
         let controls = Arc::new(Mutex::new(vec![None; ws.sessions.len()]));
         let watch = {
             let (controls, tx) = (Arc::clone(&controls), tx.clone());
@@ -144,6 +150,7 @@ impl Workers {
             })
         };
         Self {
+            written,
             ws: Arc::new(ws),
             registry: Arc::new(registry),
             plugin_dirs,
@@ -207,6 +214,7 @@ impl Workers {
             control,
             attention_images: ATTENTION_IMAGES,
         };
+        let (written, path) = (Arc::clone(&self.written), self.workspace_path.clone());
         let (ws, registry, tx) = (
             Arc::clone(&self.ws),
             Arc::clone(&self.registry),
@@ -225,6 +233,11 @@ impl Workers {
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     run_session(&ws, session, &registry, &opts, &mut emit)
                 }));
+                if let Err(e) = crate::session::summary::write(&written, &path) {
+                    emit(crate::session::SessionEvent::Log(format!(
+                        "warning: no workspace summary: {e}"
+                    )));
+                }
                 let _ = tx.send(Msg::Ended {
                     index,
                     how: ended(result),

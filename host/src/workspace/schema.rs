@@ -116,6 +116,11 @@ pub struct Session {
     /// Seed of everything random in the session.
     #[serde(default)]
     pub seed: u64,
+    /// Repeat the session once per seed: `seeds: [0, 1, 2]` runs `NAME-seed0`,
+    /// `NAME-seed1` and `NAME-seed2` (each with that `seed`), and the workspace's
+    /// `summary.md` gives each metric's mean ± std over them. Empty: run once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// `"cpu"` or `"cuda:N"`.
     #[serde(default = "default_device")]
     pub device: String,
@@ -268,6 +273,11 @@ pub struct PretrainStage {
     /// Optimizer and its schedules.
     #[serde(default)]
     pub optimizer: Optimizer,
+    /// Run the evaluators of the next `Evaluate` stage every this many epochs while
+    /// training (their results go to `metrics.jsonl` with the epoch, and to the
+    /// report); 0: only at the end.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub eval_every: u32,
 }
 
 /// `Adapt((method: Plugin(...), epochs: 10, batch_size: 64, optimizer: ..., min_scale: 0.35))`.
@@ -374,6 +384,9 @@ pub enum Evaluator {
     /// Linear probe on frozen patch tokens predicting each patch's class, pixel mIoU
     /// on the validation masks.
     Dense(ProbeSettings),
+    /// A PNG of the last block's CLS attention per head for fixed validation images
+    /// (DINO's visualisation), written to `attention/` in the run folder.
+    Attention(AttentionSettings),
 }
 
 impl Evaluator {
@@ -384,7 +397,22 @@ impl Evaluator {
             Self::Linear(_) => "Linear",
             Self::MultiLabel(_) => "MultiLabel",
             Self::Dense(_) => "Dense",
+            Self::Attention(_) => "Attention",
         }
+    }
+}
+
+/// `Attention((images: 4))`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttentionSettings {
+    /// Validation images in the figure (the first ones of the split); 1 to 32.
+    pub images: usize,
+}
+
+impl Default for AttentionSettings {
+    fn default() -> Self {
+        Self { images: 4 }
     }
 }
 
@@ -464,6 +492,10 @@ impl DeviceSpec {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn default_parallel() -> usize {
     1
 }
@@ -519,6 +551,72 @@ impl Workspace {
     /// The session named `name`.
     pub fn session(&self, name: &str) -> Option<&Session> {
         self.sessions.iter().find(|s| s.name == name)
+    }
+
+    /// The workspace with each session that lists `seeds` replaced by one session per
+    /// seed (`NAME-seedS`, with that seed and no `seeds`), in place: what runs.
+    pub fn expand_seeds(mut self) -> Self {
+        self.sessions = self
+            .sessions
+            .into_iter()
+            .flat_map(|s| {
+                if s.seeds.is_empty() {
+                    return vec![s];
+                }
+                s.seeds
+                    .iter()
+                    .map(|&seed| Session {
+                        name: Session::seed_name(&s.name, seed),
+                        seed,
+                        seeds: Vec::new(),
+                        ..s.clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        self
+    }
+
+    /// The sessions that run for `name`: the session itself, or the runs of its seeds
+    /// when it lists `seeds`, or the one seed's run `NAME-seedS`. `None` when nothing
+    /// matches.
+    pub fn runs_of(&self, name: &str) -> Option<Vec<Session>> {
+        let expanded = self.clone().expand_seeds();
+        if let Some(s) = self.session(name).filter(|s| !s.seeds.is_empty()) {
+            let names: Vec<String> = s
+                .seeds
+                .iter()
+                .map(|&seed| Session::seed_name(name, seed))
+                .collect();
+            return Some(
+                expanded
+                    .sessions
+                    .into_iter()
+                    .filter(|r| names.contains(&r.name))
+                    .collect(),
+            );
+        }
+        expanded
+            .sessions
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|r| vec![r])
+    }
+}
+
+impl Session {
+    /// The run name of seed `seed` of a session named `name` that lists `seeds`.
+    pub fn seed_name(name: &str, seed: u64) -> String {
+        format!("{name}-seed{seed}")
+    }
+
+    /// The evaluators that a `Pretrain` stage at index `stage` with `eval_every` runs:
+    /// those of the next `Evaluate` stage.
+    pub fn periodic_evaluators(&self, stage: usize) -> Option<&[Evaluator]> {
+        self.stages.get(stage + 1..)?.iter().find_map(|s| match s {
+            Stage::Evaluate(evs) => Some(evs.as_slice()),
+            Stage::Pretrain(_) | Stage::Adapt(_) => None,
+        })
     }
 }
 
@@ -884,6 +982,23 @@ fn check_session(i: usize, s: &Session, ws: &Workspace) -> std::result::Result<(
             ),
         );
     }
+    for (k, seed) in s.seeds.iter().enumerate() {
+        if s.seeds[..k].contains(seed) {
+            return problem(
+                At::Session(i, "seeds"),
+                format!("session '{name}': seed {seed} is listed twice in 'seeds'"),
+            );
+        }
+        let run = Session::seed_name(name, *seed);
+        if ws.sessions.iter().any(|other| other.name == run) {
+            return problem(
+                At::Session(i, "seeds"),
+                format!(
+                    "session '{name}': its seed {seed} runs as '{run}', which is also the name of another session"
+                ),
+            );
+        }
+    }
     if s.stages.is_empty() {
         return problem(
             At::Session(i, "stages"),
@@ -893,7 +1008,18 @@ fn check_session(i: usize, s: &Session, ws: &Workspace) -> std::result::Result<(
     for (j, stage) in s.stages.iter().enumerate() {
         let ctx = format!("session '{name}', stage {j}");
         match stage {
-            Stage::Pretrain(p) => check_training(i, j, &ctx, p.epochs, p.batch_size, &p.optimizer)?,
+            Stage::Pretrain(p) => {
+                check_training(i, j, &ctx, p.epochs, p.batch_size, &p.optimizer)?;
+                if p.eval_every > 0 && s.periodic_evaluators(j).is_none() {
+                    return problem(
+                        At::Stage(i, j, "eval_every"),
+                        format!(
+                            "{ctx}: eval_every runs the evaluators of the next 'Evaluate' stage, \
+                             but none follows this stage"
+                        ),
+                    );
+                }
+            }
             Stage::Adapt(a) => {
                 check_training(i, j, &ctx, a.epochs, a.batch_size, &a.optimizer)?;
                 if !(a.min_scale > 0.0 && a.min_scale <= 1.0) {
@@ -905,8 +1031,20 @@ fn check_session(i: usize, s: &Session, ws: &Workspace) -> std::result::Result<(
             }
             Stage::Evaluate(evaluators) => {
                 for (e, evaluator) in evaluators.iter().enumerate() {
+                    if let Evaluator::Attention(a) = evaluator {
+                        if !(1..=32).contains(&a.images) {
+                            return problem(
+                                At::Evaluator(i, j, e, "images"),
+                                format!(
+                                    "{ctx}: Attention images must be 1 to 32, got '{}'",
+                                    a.images
+                                ),
+                            );
+                        }
+                        continue;
+                    }
                     let probe = match evaluator {
-                        Evaluator::Knn(_) => None,
+                        Evaluator::Knn(_) | Evaluator::Attention(_) => None,
                         Evaluator::Linear(p) | Evaluator::MultiLabel(p) | Evaluator::Dense(p) => {
                             Some(p)
                         }
@@ -1585,6 +1723,29 @@ mod tests {
                 )),
                 "session name '3' must be non-empty, not a number",
             ),
+            (
+                ws(&session(
+                    "",
+                    "Pretrain((task: Plugin(name: \"dino\"), epochs: 4, eval_every: 2))",
+                )),
+                "stage 0: eval_every runs the evaluators of the next 'Evaluate' stage, but none follows",
+            ),
+            (
+                ws(&session("", "Evaluate([Attention((images: 0))])")),
+                "stage 0: Attention images must be 1 to 32, got '0'",
+            ),
+            (
+                ws(&session("seeds: [0, 1, 0],", pretrain)),
+                "session 's': seed 0 is listed twice in 'seeds'",
+            ),
+            (
+                ws(&format!(
+                    "{}, {}",
+                    session("seeds: [0, 1],", pretrain),
+                    session("", pretrain).replace("\"s\"", "\"s-seed1\"")
+                )),
+                "its seed 1 runs as 's-seed1', which is also the name of another session",
+            ),
         ];
         for (src, expected) in cases {
             let err = parse_err(&src);
@@ -1596,6 +1757,48 @@ mod tests {
         // The located value is the offending one.
         let src = ws(&session("device: \"gpu\",", pretrain));
         assert_eq!(&src[126..131], "\"gpu\"");
+    }
+
+    #[test]
+    fn seeds_expand_into_one_run_per_seed() {
+        let src = "Workspace(name: \"w\", data: {\"d\": Shapes(())}, sessions: [\
+                   Session(name: \"a\", data: \"d\", backbone: Plugin(name: \"vit\"), seeds: [3, 1], \
+                   stages: [Pretrain((task: Plugin(name: \"dino\"), epochs: 4, eval_every: 2)), \
+                   Evaluate([Knn(()), Attention(())])]), \
+                   Session(name: \"b\", data: \"d\", backbone: Plugin(name: \"vit\"), seed: 5, \
+                   stages: [Evaluate([])])])";
+        let ws = parse_str(src).unwrap();
+        assert_eq!(ws.sessions[0].seeds, vec![3, 1]);
+        assert_eq!(
+            ws.sessions[0].periodic_evaluators(0),
+            Some(
+                &[
+                    Evaluator::Knn(KnnConfig::default()),
+                    Evaluator::Attention(AttentionSettings { images: 4 })
+                ][..]
+            )
+        );
+        assert_eq!(ws.sessions[0].periodic_evaluators(1), None);
+        let runs = ws.clone().expand_seeds().sessions;
+        let names: Vec<(&str, u64)> = runs.iter().map(|s| (s.name.as_str(), s.seed)).collect();
+        assert_eq!(names, [("a-seed3", 3), ("a-seed1", 1), ("b", 5)]);
+        assert!(runs.iter().all(|s| s.seeds.is_empty()));
+        assert_eq!(runs[0].stages, ws.sessions[0].stages);
+        let names_of = |name: &str| {
+            ws.runs_of(name)
+                .map(|r| r.into_iter().map(|s| s.name).collect::<Vec<_>>())
+        };
+        assert_eq!(names_of("a").unwrap(), ["a-seed3", "a-seed1"]);
+        assert_eq!(names_of("a-seed1").unwrap(), ["a-seed1"]);
+        assert_eq!(names_of("b").unwrap(), ["b"]);
+        assert_eq!(names_of("a-seed2"), None);
+        // Round trip through RON keeps the seeds and eval_every.
+        let text = ron::ser::to_string(&ws).unwrap();
+        assert!(text.contains("eval_every:2"), "{text}");
+        assert_eq!(
+            ron::ser::to_string(&parse_str(&text).unwrap()).unwrap(),
+            text
+        );
     }
 
     #[test]
