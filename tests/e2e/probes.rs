@@ -50,9 +50,9 @@ fn probes_score_a_random_backbone_above_chance() {
     let top1 = score(&records[0], "linear top-1");
     // Measured 47.9 % on 96 images; chance is 1/3.
     assert!(top1 > 0.42, "linear top-1 {top1} (chance 1/3)");
-    // Random-init patch tokens do not tell object from background here (the two
-    // palette colours swap between images), so the dense probe answers background
-    // everywhere: mIoU is the background IoU over the classes present (~0.2).
+    // Random-init patch tokens hardly tell object from background here (the two
+    // palette colours swap between images); measured 20.3 % mIoU over the 4 classes
+    // present, about the background's IoU alone.
     let miou = score(&records[1], "dense mIoU");
     assert!((0.15..=1.0).contains(&miou), "dense mIoU {miou}");
     // Single-label data as one-hot targets: a random scorer's AP is about 1/3.

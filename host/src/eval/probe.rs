@@ -5,9 +5,12 @@
 //! - classes: cross-entropy, top-1 accuracy (DINO's linear evaluation);
 //! - multi-label: one sigmoid per label with `MultiLabelSoftMarginLoss` (the mean
 //!   binary cross-entropy over labels), micro and macro mAP (DINO-MM);
-//! - dense: a class per patch token, trained on each patch's majority pixel class and
-//!   scored by mean IoU on pixels, each pixel taking its patch's prediction (the small
-//!   stand-in for SelfPatch's segmentation transfer).
+//! - dense: a linear layer on the patch tokens whose logits are upsampled bilinearly
+//!   to pixels, trained with per-pixel cross-entropy and scored by pixel mean IoU (the
+//!   usual linear segmentation probe; the small stand-in for SelfPatch's segmentation
+//!   transfer). Upsampling is affine with weights summing to 1, so a pixel's logits
+//!   are the probe's logits of its bilinearly interpolated patch features: the probe
+//!   trains on such rows, for a seeded sample of pixels per image.
 //!
 //! Deviations from `eval_linear.py`: the features are extracted once (no random
 //! crops or flips while the probe trains), and they are standardised per dimension
@@ -214,44 +217,66 @@ impl LinearProbe {
     }
 }
 
-/// The majority class of each `patch × patch` cell of an `h × w` class map
-/// (row-major cells; ties go to the lower class). `classes` bounds the values.
-pub fn patch_majority(map: &[u32], h: usize, w: usize, patch: usize, classes: usize) -> Vec<u32> {
-    let (gh, gw) = (h / patch.max(1), w / patch.max(1));
-    let mut out = Vec::with_capacity(gh * gw);
-    let mut counts = vec![0usize; classes.max(1)];
-    for gy in 0..gh {
-        for gx in 0..gw {
-            counts.iter_mut().for_each(|c| *c = 0);
-            for y in gy * patch..(gy + 1) * patch {
-                for x in gx * patch..(gx + 1) * patch {
-                    if let Some(c) = counts.get_mut(map[y * w + x] as usize) {
-                        *c += 1;
+/// Bilinear interpolation from `grid` cells to `out` pixels along one axis, as
+/// PyTorch's `interpolate(mode="bilinear", align_corners=False)`: per pixel, the two
+/// cells it lies between and their weights (summing to 1; one cell at the edges).
+pub fn bilinear_axis(out: usize, grid: usize) -> Vec<[(usize, f32); 2]> {
+    let grid = grid.max(1);
+    let scale = grid as f32 / out.max(1) as f32;
+    (0..out)
+        .map(|o| {
+            let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(grid - 1);
+            let i1 = (i0 + 1).min(grid - 1);
+            let t = if i1 == i0 { 0.0 } else { src - i0 as f32 };
+            [(i0, 1.0 - t), (i1, t)]
+        })
+        .collect()
+}
+
+/// The four cells (row-major in a `grid_w`-wide grid) and weights that pixel
+/// `(y, x)` interpolates, from the axes of [`bilinear_axis`].
+pub fn bilinear_taps(
+    rows: &[[(usize, f32); 2]],
+    cols: &[[(usize, f32); 2]],
+    y: usize,
+    x: usize,
+    grid_w: usize,
+) -> [(usize, f32); 4] {
+    let ([(y0, wy0), (y1, wy1)], [(x0, wx0), (x1, wx1)]) = (rows[y], cols[x]);
+    [
+        (y0 * grid_w + x0, wy0 * wx0),
+        (y0 * grid_w + x1, wy0 * wx1),
+        (y1 * grid_w + x0, wy1 * wx0),
+        (y1 * grid_w + x1, wy1 * wx1),
+    ]
+}
+
+/// An `size × size` class map from per-cell scores `(grid², K)` (row-major cells):
+/// the scores upsampled bilinearly, then the arg-max class of each pixel.
+pub fn upsample_scores(scores: &[Vec<f32>], grid: usize, size: usize) -> Vec<u32> {
+    let axis = bilinear_axis(size, grid);
+    let classes = scores.first().map_or(0, Vec::len);
+    let mut pixel = vec![0f32; classes];
+    let mut out = Vec::with_capacity(size * size);
+    for y in 0..size {
+        for x in 0..size {
+            pixel.iter_mut().for_each(|v| *v = 0.0);
+            for (cell, w) in bilinear_taps(&axis, &axis, y, x, grid) {
+                if let Some(cell) = scores.get(cell) {
+                    for (p, s) in pixel.iter_mut().zip(cell) {
+                        *p += w * s;
                     }
                 }
             }
-            let best = counts
+            let best = pixel
                 .iter()
                 .enumerate()
-                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))
-                .map_or(0, |(c, _)| c as u32);
-            out.push(best);
-        }
-    }
-    out
-}
-
-/// An `h × w` class map from per-cell predictions of a `patch`-sided grid: every
-/// pixel takes its cell's class (nearest upsampling); pixels past the last whole
-/// cell take the nearest cell's.
-pub fn upsample_cells(cells: &[u32], h: usize, w: usize, patch: usize) -> Vec<u32> {
-    let patch = patch.max(1);
-    let (gh, gw) = ((h / patch).max(1), (w / patch).max(1));
-    let mut out = Vec::with_capacity(h * w);
-    for y in 0..h {
-        for x in 0..w {
-            let (cy, cx) = ((y / patch).min(gh - 1), (x / patch).min(gw - 1));
-            out.push(cells.get(cy * gw + cx).copied().unwrap_or(0));
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (c, &v)| if v > b.1 { (c, v) } else { b },
+                );
+            out.push(best.0 as u32);
         }
     }
     out
@@ -330,13 +355,47 @@ mod tests {
     }
 
     #[test]
-    fn patch_majority_and_nearest_upsampling_on_a_hand_made_map() {
-        // 4×4 map, 2×2 patches: cells (0,0) all 1; (0,1) two 2s and two 0s -> 0 (tie,
-        // lower class); (1,0) three 3s; (1,1) all 0.
-        let map = [1, 1, 2, 0, 1, 1, 2, 0, 3, 3, 0, 0, 3, 0, 0, 0];
-        let cells = patch_majority(&map, 4, 4, 2, 4);
-        assert_eq!(cells, vec![1, 0, 3, 0]);
-        let back = upsample_cells(&cells, 4, 4, 2);
-        assert_eq!(back, vec![1, 1, 0, 0, 1, 1, 0, 0, 3, 3, 0, 0, 3, 3, 0, 0]);
+    fn bilinear_weights_match_pytorchs_half_pixel_rule() {
+        // 2 cells to 4 pixels: sources -0.25 (clamped), 0.25, 0.75, 1.25 (edge).
+        let axis = bilinear_axis(4, 2);
+        let want = [
+            [(0, 1.0), (1, 0.0)],
+            [(0, 0.75), (1, 0.25)],
+            [(0, 0.25), (1, 0.75)],
+            [(1, 1.0), (1, 0.0)],
+        ];
+        for (got, want) in axis.iter().zip(want) {
+            for ((gc, gw), (wc, ww)) in got.iter().zip(want) {
+                assert_eq!(*gc, wc, "{axis:?}");
+                assert!((gw - ww).abs() < 1e-6, "{axis:?}");
+            }
+        }
+        // Pixel (1, 2) of a 2x2 grid: rows 0.75/0.25, cols 0.25/0.75.
+        let taps = bilinear_taps(&axis, &axis, 1, 2, 2);
+        let weights: Vec<f32> = taps.iter().map(|t| t.1).collect();
+        assert_eq!(taps.map(|t| t.0), [0, 1, 2, 3]);
+        for (g, w) in weights.iter().zip([0.1875, 0.5625, 0.0625, 0.1875]) {
+            assert!((g - w).abs() < 1e-6, "{weights:?}");
+        }
+        assert!((weights.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn upsampled_scores_follow_the_nearest_cells_and_blend_between() {
+        // 2x2 cells, 2 classes: class 1 wins in the top-right cell only.
+        let scores = vec![
+            vec![1.0, 0.0],
+            vec![0.0, 3.0],
+            vec![1.0, 0.0],
+            vec![1.0, 0.0],
+        ];
+        let map = upsample_scores(&scores, 2, 4);
+        // Class 1 wins where 3·w > 1 − w for the top-right cell's weight w, i.e.
+        // w > 1/4; at exactly 1/4 (pixels (0, 1) and (2, 3)) the tie goes to class 0.
+        assert_eq!(
+            map,
+            vec![0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+            "{map:?}"
+        );
     }
 }

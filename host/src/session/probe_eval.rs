@@ -4,7 +4,10 @@
 //! second.
 
 use candle_core::Tensor;
-use rand::{SeedableRng, seq::SliceRandom};
+use rand::{
+    SeedableRng,
+    seq::{SliceRandom, index::sample},
+};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
@@ -16,7 +19,7 @@ use crate::{
     data::{loader::Dataset, source::Data},
     eval::{
         metrics::{MultiLabel, mean_iou},
-        probe::{LinearProbe, ProbeConfig, Target, patch_majority, upsample_cells},
+        probe::{LinearProbe, ProbeConfig, Target, bilinear_axis, bilinear_taps, upsample_scores},
     },
     plugins::LoadedPlugin,
     workspace::schema::{Evaluator, ProbeSettings},
@@ -25,6 +28,10 @@ use crate::{
 /// Seed of the probes' row order and of the `train_fraction` subset (DINO-MM's
 /// `train_frac` subset uses 42).
 const PROBE_SEED: u64 = 42;
+
+/// Pixels per training image the `Dense` probe trains on (a seeded sample; every
+/// pixel when the image has fewer).
+const DENSE_PIXELS: usize = 64;
 
 /// A seeded `fraction` of `0..n` (at least one index), ascending.
 fn subset(n: usize, fraction: f64) -> Vec<u32> {
@@ -185,40 +192,63 @@ pub fn evaluate(
             let patch = check(plugin, "geometry", r)?.patch_size as usize;
             let size = data.size;
             let classes = data.classes + 1;
-            let cells = |maps: &[Vec<u32>]| -> Vec<u32> {
-                maps.iter()
-                    .flat_map(|m| patch_majority(m, size, size, patch, classes))
-                    .collect()
-            };
-            let train_maps = class_maps(data.train.as_ref(), size)?;
-            let per_image = (size / patch.max(1)).pow(2);
-            let train_cells = cells(&train_maps);
-            if train_cells.len() != train_x.dim(0)? {
+            let grid = size / patch.max(1);
+            let per_image = grid * grid;
+            if per_image == 0 || per_image * data.train.len() != train_x.dim(0)? {
                 return Err(SessionError::Unsupported(format!(
                     "the backbone returned {} patch tokens per image; a {size} px image in {patch} px patches has {per_image}",
                     train_x.dim(0)? / data.train.len().max(1)
                 )));
             }
-            // `train_fraction` picks images; every patch of a picked image counts.
-            let rows: Vec<u32> = keep
-                .iter()
-                .flat_map(|&i| (0..per_image as u32).map(move |p| i * per_image as u32 + p))
-                .collect();
-            let labels: Vec<u32> = rows.iter().map(|&r| train_cells[r as usize]).collect();
+            let train_maps = class_maps(data.train.as_ref(), size)?;
+            let axis = bilinear_axis(size, grid);
+            // `train_fraction` picks images; a seeded sample of pixels of each picked
+            // image are the rows, each the bilinear blend of its 4 nearest patches.
+            let mut rng = ChaCha8Rng::seed_from_u64(PROBE_SEED);
+            let mut taps: [(Vec<u32>, Vec<f32>); 4] = Default::default();
+            let mut labels = Vec::new();
+            for &i in &keep {
+                let picked = sample(&mut rng, size * size, DENSE_PIXELS.min(size * size));
+                for pixel in picked {
+                    let (y, x) = (pixel / size, pixel % size);
+                    let cells = bilinear_taps(&axis, &axis, y, x, grid);
+                    for ((index, weight), (cell, w)) in taps.iter_mut().zip(cells) {
+                        index.push(i * per_image as u32 + cell as u32);
+                        weight.push(w);
+                    }
+                    labels.push(train_maps[i as usize][pixel]);
+                }
+            }
+            let n = labels.len();
+            let mut rows: Option<Tensor> = None;
+            for (index, weight) in &taps {
+                let part = pick(&train_x, index)?.broadcast_mul(&Tensor::from_slice(
+                    weight,
+                    (n, 1),
+                    &device,
+                )?)?;
+                rows = Some(match rows {
+                    Some(sum) => (sum + part)?,
+                    None => part,
+                });
+            }
+            let rows = rows.ok_or_else(|| SessionError::Unsupported("no pixels".into()))?;
             let probe = LinearProbe::train(
-                &pick(&train_x, &rows)?,
+                &rows,
                 Target::Classes {
                     labels: &labels,
                     classes,
                 },
                 &cfg,
             )?;
-            let predicted = probe.predict(&val_x)?;
+            let scores = probe.scores(&val_x)?.to_vec2::<f32>()?;
             let val_maps = class_maps(data.val.as_ref(), size)?;
             let (mut pred_pixels, mut true_pixels) = (Vec::new(), Vec::new());
             for (i, truth) in val_maps.iter().enumerate() {
-                let cells = &predicted[i * per_image..(i + 1) * per_image];
-                pred_pixels.extend(upsample_cells(cells, size, size, patch));
+                let cells = scores
+                    .get(i * per_image..(i + 1) * per_image)
+                    .unwrap_or(&[]);
+                pred_pixels.extend(upsample_scores(cells, grid, size));
                 true_pixels.extend_from_slice(truth);
             }
             let miou = mean_iou(&pred_pixels, &true_pixels, classes, None).ok_or_else(|| {

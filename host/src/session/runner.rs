@@ -436,15 +436,26 @@ pub fn run_session(
                             run_dir: &run_dir,
                         };
                         // The last epoch is left to the `Evaluate` stage that follows.
+                        // A failure does not stop training (it may be a hot-reloaded
+                        // backbone the old build cannot read): it is reported once and
+                        // the stage's later evaluations are skipped; the `Evaluate`
+                        // stage reports it again, as an error, if it persists.
+                        let mut failed = false;
                         Box::new(
                             move |epoch: u64, step: u64, emit: &mut dyn FnMut(SessionEvent)| {
-                                if epoch % every != 0 || epoch >= stage_epochs {
+                                if failed || epoch % every != 0 || epoch >= stage_epochs {
                                     return Ok(());
                                 }
                                 emit(SessionEvent::Log(format!("evaluating after epoch {epoch}")));
-                                evaluation
-                                    .run(evaluators, EvalPoint::Epoch(epoch), step, emit)
-                                    .map(|_| ())
+                                let at = EvalPoint::Epoch(epoch);
+                                if let Err(e) = evaluation.run(evaluators, at, step, emit) {
+                                    failed = true;
+                                    emit(SessionEvent::Log(format!(
+                                        "warning: the evaluation after epoch {epoch} failed, \
+                                         skipping the stage's later ones: {e}"
+                                    )));
+                                }
+                                Ok(())
                             },
                         ) as train::EpochHook<'_>
                     });

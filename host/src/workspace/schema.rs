@@ -381,8 +381,8 @@ pub enum Evaluator {
     Linear(ProbeSettings),
     /// Multi-label linear probe (a sigmoid per label), micro and macro mAP.
     MultiLabel(ProbeSettings),
-    /// Linear probe on frozen patch tokens predicting each patch's class, pixel mIoU
-    /// on the validation masks.
+    /// Linear probe on frozen patch tokens, its logits upsampled bilinearly to pixels
+    /// and trained per pixel; pixel mIoU on the validation masks.
     Dense(ProbeSettings),
     /// A PNG of the last block's CLS attention per head for fixed validation images
     /// (DINO's visualisation), written to `attention/` in the run folder.
