@@ -6,7 +6,7 @@ use std::path::Path;
 
 use patchwork_tests::{plugin_lib, run_patchwork, temp_dir};
 
-use crate::{pretrain, run_dir, tiny_workspace, write_workspace};
+use crate::{pretrain, records, run_dir, tiny_workspace, write_workspace};
 
 /// An `Adapt` stage with the minimal adaptation plugin in `mode`, `epochs` epochs.
 fn adapt(classes: usize, mode: &str, epochs: u32, lr: f64) -> String {
@@ -20,15 +20,6 @@ fn run(file: &Path, extra: &[&str]) {
     args.extend(extra.iter().map(ToString::to_string));
     let out = run_patchwork(args);
     assert!(out.success(), "{}", out.describe());
-}
-
-/// Every `metrics.jsonl` record, parsed.
-fn records(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .expect("metrics.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
 }
 
 #[test]

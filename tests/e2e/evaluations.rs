@@ -5,18 +5,9 @@ use std::path::Path;
 
 use patchwork_tests::{plugin_lib, run_patchwork, temp_dir};
 
-use crate::{TINY_VIT, pretrain, tiny_workspace, write_workspace};
+use crate::{TINY_VIT, pretrain, records, tiny_workspace, write_workspace};
 
 const DINO: &str = r#"Plugin(name: "dino", config: (out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, local_crops: 0, global_size: 16, warmup_teacher_temp_epochs: 0))"#;
-
-/// The JSON records of a run's `metrics.jsonl`.
-fn records(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .expect("metrics.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
 
 /// The training loss of every step record, in order.
 fn losses(run: &Path) -> Vec<(u64, f64)> {

@@ -83,6 +83,15 @@ pub fn write_workspace(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
+/// Every record of the run folder `run`'s `metrics.jsonl`, parsed.
+pub fn records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
 /// `<output>/e2e/s/`: the run folder of [`tiny_workspace`]'s session.
 pub fn run_dir(output: &Path) -> PathBuf {
     output.join("e2e").join("s")

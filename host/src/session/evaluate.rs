@@ -16,7 +16,7 @@ use super::{
 use crate::{
     data::source::Data,
     plugins::LoadedPlugin,
-    workspace::schema::{Evaluator, KnnConfig},
+    workspace::schema::{Evaluator, KnnConfig, Session},
 };
 
 /// When an evaluation runs.
@@ -88,7 +88,25 @@ pub struct Evaluation<'a> {
     pub run_dir: &'a Path,
 }
 
-impl Evaluation<'_> {
+impl<'a> Evaluation<'a> {
+    /// The backbone `backbone` of `session`, its parameters under `scope`, on `data`,
+    /// recording in `run_dir`.
+    pub fn of(
+        session: &'a Session,
+        data: &'a Data,
+        run_dir: &'a Path,
+        backbone: &'a LoadedPlugin,
+        scope: &'a str,
+    ) -> Self {
+        Self {
+            backbone,
+            config: &session.backbone.config,
+            scope,
+            data,
+            run_dir,
+        }
+    }
+
     /// Runs `evaluators` at `at` (session step `step`): emits each score, appends one
     /// `"event": "eval"` record per evaluator to `metrics.jsonl`, and returns the
     /// scores by record key (`knn@20`, `linear top-1 (4 blocks)`, ...).

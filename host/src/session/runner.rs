@@ -375,13 +375,13 @@ pub fn run_session(
                         };
                         if !(resuming || random_done || random_init.is_empty()) {
                             random_done = true;
-                            let evaluation = Evaluation {
-                                backbone: &backbone_live,
-                                config: &session.backbone.config,
-                                scope: &result_scope,
-                                data: &data,
-                                run_dir: &run_dir,
-                            };
+                            let evaluation = Evaluation::of(
+                                session,
+                                &data,
+                                &run_dir,
+                                &backbone_live,
+                                &result_scope,
+                            );
                             let scores = match evaluation.run(
                                 &random_init,
                                 EvalPoint::RandomInit,
@@ -428,13 +428,8 @@ pub fn run_session(
                     let stage_epochs = u64::from(spec.epochs);
                     let periodic = session.periodic_evaluators(j).filter(|_| every > 0);
                     let on_epoch_end = periodic.map(|evaluators| {
-                        let evaluation = Evaluation {
-                            backbone: &backbone_live,
-                            config: &session.backbone.config,
-                            scope: &result_scope,
-                            data: &data,
-                            run_dir: &run_dir,
-                        };
+                        let evaluation =
+                            Evaluation::of(session, &data, &run_dir, &backbone_live, &result_scope);
                         // The last epoch is left to the `Evaluate` stage that follows.
                         // A failure does not stop training (it may be a hot-reloaded
                         // backbone the old build cannot read): it is reported once and
@@ -543,13 +538,8 @@ pub fn run_session(
                     }
                 }
                 Stage::Evaluate(evs) => {
-                    let evaluation = Evaluation {
-                        backbone: &backbone_live,
-                        config: &session.backbone.config,
-                        scope: &result_scope,
-                        data: &data,
-                        run_dir: &run_dir,
-                    };
+                    let evaluation =
+                        Evaluation::of(session, &data, &run_dir, &backbone_live, &result_scope);
                     let scores = evaluation.run(evs, EvalPoint::End, steps_before, emit)?;
                     for evaluator in evs {
                         if let Evaluator::Knn(k) = evaluator {
