@@ -1,11 +1,12 @@
-//! `patchwork bench` (train-step throughput, plugin path vs the same model compiled
-//! natively into the host), `patchwork bench data` (loader vs train step) and
+//! `patchwork bench` (ViT-Tiny train-step and forward throughput; the quickstart's
+//! train step, plugin path vs the same model compiled natively into the host), `patchwork bench data` (loader vs train step) and
 //! `patchwork embed` (CLS features to safetensors).
 
 pub mod data;
 pub mod embed;
 pub mod native;
 pub mod train;
+pub mod vit;
 
 pub use embed::{EmbedArgs, embed};
 pub use train::{BenchArgs, bench};

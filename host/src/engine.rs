@@ -8,6 +8,7 @@ pub mod host_ops;
 pub mod nn_ops;
 pub mod ops;
 pub mod optim;
+pub mod profile;
 pub mod registry;
 pub mod schedule;
 pub mod store;

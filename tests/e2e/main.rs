@@ -3,6 +3,7 @@
 
 mod adapt;
 mod bad_input;
+mod bench;
 mod boundary;
 mod data;
 mod drills;

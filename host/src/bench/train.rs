@@ -35,6 +35,24 @@ pub struct BenchArgs {
     /// Images per step.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// `train`: the models to measure, of `tiny16` (ViT-Tiny/16 at 224 px), `tiny4`
+    /// (ViT-Tiny/4 at 32 px) and `quickstart` (the DINO step, plugin vs native).
+    #[arg(long, value_delimiter = ',', default_value = "tiny16,tiny4,quickstart")]
+    pub models: Vec<String>,
+    /// `train`: timed steps per ViT-Tiny model (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub vit_steps: usize,
+    /// `train`: untimed warm-up steps per ViT-Tiny model.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// The machine's fp32 peak in GFLOP/s that achieved rates are compared with
+    /// (default: the 2-core Zen 4 CI machine's, measured with an FMA loop).
+    #[arg(long, default_value_t = 230.0)]
+    pub peak_gflops: f64,
+    /// `train`: also print where the ViT-Tiny train step spends its time (forward,
+    /// backward, optimizer, and the host's fused kernels in each).
+    #[arg(long)]
+    pub profile: bool,
     /// Extra plugin directory.
     #[arg(long = "plugins")]
     pub plugin_dirs: Vec<PathBuf>,
@@ -178,6 +196,27 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let registry = PluginRegistry::discover(&plugin_dirs(&args.plugin_dirs));
     let vit = registry.require("vit", PluginKind::BACKBONE)?;
+    for name in &args.models {
+        if name == "quickstart" {
+            continue;
+        }
+        let m = super::vit::model(name).with_context(|| {
+            format!("unknown model '{name}' (available: tiny16, tiny4, quickstart)")
+        })?;
+        let figures = super::vit::measure(
+            vit,
+            &m,
+            args.batch,
+            args.warmup,
+            args.vit_steps,
+            args.profile,
+        )?;
+        let threads = candle_core::utils::get_num_threads();
+        super::vit::print(&m, args.batch, threads, args.peak_gflops, &figures);
+    }
+    if !args.models.iter().any(|m| m == "quickstart") {
+        return Ok(());
+    }
     let dino = registry.require("dino", PluginKind::PRETEXT)?;
     let m = quickstart_model();
     let mut plugin = PluginPath::new(vit, dino, &m)?;

@@ -62,6 +62,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::engine::profile::span("gelu fwd");
         let x = f32_slice(storage, layout, "gelu input")?;
         let mut y = vec![0f32; x.len()];
         for_each_row_block(&mut y, CHUNK, |first, out| {
@@ -95,6 +96,7 @@ impl CustomOp2 for GeluBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::engine::profile::span("gelu bwd");
         let x = f32_slice(s1, l1, "gelu input")?;
         let g = f32_slice(s2, l2, "gelu output gradient")?;
         if x.len() != g.len() {

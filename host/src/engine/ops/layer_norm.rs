@@ -88,6 +88,7 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::engine::profile::span("layer_norm fwd");
         let x = f32_slice(s1, l1, "layer_norm input")?;
         let w = f32_slice(s2, l2, "layer_norm weight")?;
         let b = f32_slice(s3, l3, "layer_norm bias")?;
@@ -154,6 +155,7 @@ impl CustomOp3 for LayerNormBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::engine::profile::span("layer_norm bwd");
         let x = f32_slice(s1, l1, "layer_norm input")?;
         let w = f32_slice(s2, l2, "layer_norm weight")?;
         let g = f32_slice(s3, l3, "layer_norm output gradient")?;

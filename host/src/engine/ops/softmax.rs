@@ -59,6 +59,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::engine::profile::span("softmax fwd");
         let x = f32_slice(storage, layout, "softmax input")?;
         let d = last_dim(layout);
         let log = self.log;
@@ -116,6 +117,7 @@ impl CustomOp2 for SoftmaxBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::engine::profile::span("softmax bwd");
         let y = f32_slice(s1, l1, "softmax output")?;
         let g = f32_slice(s2, l2, "softmax output gradient")?;
         if y.len() != g.len() {
