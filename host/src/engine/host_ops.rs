@@ -140,7 +140,7 @@ extern "C" fn binary(op: BinaryOp, a: TensorId, b: TensorId) -> RResult<TensorId
             BinaryOp::DIV => a.div(&b),
             BinaryOp::MAXIMUM => a.maximum(&b),
             BinaryOp::MINIMUM => a.minimum(&b),
-            BinaryOp::BROADCAST_ADD => a.broadcast_add(&b),
+            BinaryOp::BROADCAST_ADD => ops::broadcast_add(&a, &b),
             BinaryOp::BROADCAST_SUB => a.broadcast_sub(&b),
             BinaryOp::BROADCAST_MUL => a.broadcast_mul(&b),
             BinaryOp::BROADCAST_DIV => a.broadcast_div(&b),

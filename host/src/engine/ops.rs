@@ -13,10 +13,12 @@
 //! CPU kernels split rows across candle's own worker pool
 //! ([`candle_core::utils::barrier_pool`]) once a tensor is large enough to pay for it.
 
+mod bias;
 mod gelu;
 mod layer_norm;
 mod softmax;
 
+pub use bias::broadcast_add;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use softmax::{log_softmax_last_dim, softmax_last_dim};
