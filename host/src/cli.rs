@@ -402,26 +402,21 @@ fn run_workspace(
     let ws = overrides::apply(ws, sets)?;
     let dirs = search_dirs(&ws, file, extra);
     let registry = PluginRegistry::discover(&dirs);
+    // What runs: the workspace with its seeds expanded (`NAME-seedS`); the summary
+    // groups the runs by the sessions as written.
+    let written = ws;
+    let ws = written.clone().expand_seeds();
     let sessions: Vec<schema::Session> = match only {
-        Some(name) => ws.runs_of(name).with_context(|| {
-            let known: Vec<String> = ws
-                .clone()
-                .expand_seeds()
-                .sessions
-                .iter()
-                .map(|s| s.name.clone())
-                .collect();
+        Some(name) => written.runs_of(name).with_context(|| {
+            let known: Vec<&str> = ws.sessions.iter().map(|s| s.name.as_str()).collect();
             format!(
                 "no session '{name}' in '{}' (sessions: {})",
                 file.display(),
                 known.join(", ")
             )
         })?,
-        None => ws.clone().expand_seeds().sessions,
+        None => ws.sessions.clone(),
     };
-    // What runs: the workspace with its seeds expanded (`NAME-seedS`).
-    let written = ws;
-    let ws = written.clone().expand_seeds();
     let opts = RunOptions {
         resume: flags.resume,
         workspace_path: file.to_path_buf(),

@@ -131,13 +131,7 @@ impl<'a> PluginPath<'a> {
         let instance = r
             .into_result()
             .map_err(|e| anyhow!("dino: {}", e.message))?;
-        let params: Vec<(String, Var, bool)> = context::with(|c| {
-            c.store
-                .trainable()
-                .map(|(n, v)| (n.clone(), v.clone(), optim::decays(n, v.dims())))
-                .collect()
-        })
-        .context("no context")?;
+        let params: Vec<(String, Var, bool)> = context::trainable_params();
         let vars = params.iter().map(|(_, v, _)| v.clone()).collect();
         let opt = optim::AdamW::new(params, optim::AdamWConfig::default())?;
         Ok(Self {

@@ -165,13 +165,7 @@ impl<'a> VitStep<'a> {
         let head_w =
             Var::from_tensor(&(Tensor::randn(0f32, 1.0, (d, CLASSES), &Device::Cpu)? * 0.02)?)?;
         let head_b = Var::zeros(CLASSES, DType::F32, &Device::Cpu)?;
-        let mut params: Vec<(String, Var, bool)> = context::with(|c| {
-            c.store
-                .trainable()
-                .map(|(n, v)| (n.clone(), v.clone(), optim::decays(n, v.dims())))
-                .collect()
-        })
-        .context("no context")?;
+        let mut params: Vec<(String, Var, bool)> = context::trainable_params();
         params.push(("head.weight".into(), head_w.clone(), true));
         params.push(("head.bias".into(), head_b.clone(), false));
         let opt = optim::AdamW::new(params, optim::AdamWConfig::default())?;

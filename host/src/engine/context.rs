@@ -13,6 +13,26 @@ use rand_chacha::ChaCha8Rng;
 
 use super::store::ParamStore;
 
+/// `(name, variable, decays)` of every trainable parameter of this thread's
+/// context (empty without one): what an optimizer is built over.
+pub fn trainable_params() -> Vec<(String, candle_core::Var, bool)> {
+    with(|c| {
+        c.store
+            .params()
+            .iter()
+            .filter(|(_, p)| p.trainable)
+            .map(|(n, p)| {
+                (
+                    n.clone(),
+                    p.var.clone(),
+                    super::optim::decays(n, p.var.dims()),
+                )
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// Where backbones come from: the session's backbone plugin and its config text.
 #[derive(Clone)]
 pub struct BackboneSource {

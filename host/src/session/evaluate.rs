@@ -108,17 +108,18 @@ impl<'a> Evaluation<'a> {
     }
 
     /// Runs `evaluators` at `at` (session step `step`): emits each score, appends one
-    /// `"event": "eval"` record per evaluator to `metrics.jsonl`, and returns the
-    /// scores by record key (`knn@20`, `linear top-1 (4 blocks)`, ...).
+    /// `"event": "eval"` record per evaluator to `metrics.jsonl`, and returns each
+    /// evaluator's scores by record key (`knn@20`, `linear top-1 (4 blocks)`, ...),
+    /// in the evaluators' order.
     pub fn run(
         &self,
         evaluators: &[Evaluator],
         at: EvalPoint,
         step: u64,
         emit: &mut dyn FnMut(SessionEvent),
-    ) -> Result<Vec<(String, f64)>, SessionError> {
+    ) -> Result<Vec<Vec<(String, f64)>>, SessionError> {
         let metrics_path = self.run_dir.join("metrics.jsonl");
-        let mut all = Vec::new();
+        let mut all = Vec::with_capacity(evaluators.len());
         for evaluator in evaluators {
             let mut record = serde_json::json!({
                 "event": "eval",
@@ -130,12 +131,6 @@ impl<'a> Evaluation<'a> {
                 record["epoch"] = serde_json::json!(epoch);
             }
             let scores = match evaluator {
-                Evaluator::Knn(k) => {
-                    let bb = backbone_at(self.backbone, self.config, self.scope)?;
-                    let acc = knn(&bb, self.data, k.k, k.temperature);
-                    destroy(self.backbone, bb.instance);
-                    vec![(knn_name(k), acc?)]
-                }
                 Evaluator::Attention(a) => {
                     let relative = format!("attention/{}", at.figure_name());
                     if self.figure(a.images, at, &self.run_dir.join(&relative))? {
@@ -148,9 +143,16 @@ impl<'a> Evaluation<'a> {
                     }
                     Vec::new()
                 }
-                Evaluator::Linear(_) | Evaluator::MultiLabel(_) | Evaluator::Dense(_) => {
+                Evaluator::Knn(_)
+                | Evaluator::Linear(_)
+                | Evaluator::MultiLabel(_)
+                | Evaluator::Dense(_) => {
                     let bb = backbone_at(self.backbone, self.config, self.scope)?;
-                    let scores = probe_eval::evaluate(self.backbone, &bb, self.data, evaluator);
+                    let scores = match evaluator {
+                        Evaluator::Knn(k) => knn(&bb, self.data, k.k, k.temperature)
+                            .map(|acc| vec![(knn_name(k), acc)]),
+                        _ => probe_eval::evaluate(self.backbone, &bb, self.data, evaluator),
+                    };
                     destroy(self.backbone, bb.instance);
                     scores?
                 }
@@ -163,7 +165,7 @@ impl<'a> Evaluation<'a> {
                 });
             }
             append_line(&metrics_path, &record)?;
-            all.extend(scores);
+            all.push(scores);
         }
         Ok(all)
     }

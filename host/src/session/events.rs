@@ -77,11 +77,7 @@ pub enum SessionEvent {
 /// `name: value` as the CLI and the log panel print an evaluation: fractions (k-NN
 /// and accuracies) as percentages, losses and values outside `[0, 1]` as numbers.
 pub fn eval_text(name: &str, value: f64) -> String {
-    if name.contains("loss") || !(0.0..=1.0).contains(&value) {
-        format!("{name}: {value:.4}")
-    } else {
-        format!("{name}: {:.2} %", 100.0 * value)
-    }
+    format!("{name}: {}", super::report::score_text(name, value))
 }
 
 #[cfg(test)]

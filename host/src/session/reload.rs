@@ -202,7 +202,7 @@ fn rebuild_optimizer(
     cfg: &Optimizer,
     kept: &BTreeSet<String>,
 ) -> Result<(), SessionError> {
-    let params = super::stage_optim::trainable_params();
+    let params = context::trainable_params();
     let old = opt.state()?;
     let carried: Vec<(String, candle_core::Tensor)> = old
         .into_iter()

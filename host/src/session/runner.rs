@@ -16,7 +16,7 @@ use super::{
     attention::{AttentionCapture, AttentionProbe},
     control::SessionControl,
     eval_stage::BackboneInstance,
-    evaluate::{self, EvalPoint, Evaluation, append_line, knn_name},
+    evaluate::{self, EvalPoint, Evaluation, append_line},
     plugin_call::{check, create},
     report::{self, AdaptResult, KnnResult, ReportData},
     train::{self, StageEnv, Stopped, TrainSpec},
@@ -28,9 +28,7 @@ use crate::{
         context::{self, BackboneSource, HostContext},
     },
     plugins::{LoadedPlugin, PluginRegistry},
-    workspace::schema::{
-        DeviceSpec, Evaluator, KnnConfig, PluginRef, Session, Stage, Workspace, resolve,
-    },
+    workspace::schema::{DeviceSpec, Evaluator, PluginRef, Session, Stage, Workspace, resolve},
 };
 
 /// How to run.
@@ -298,10 +296,6 @@ pub fn run_session(
     let _guard = ContextGuard;
 
     let random_init = random_init_evaluators(session);
-    let random_knn_cfg: Option<KnnConfig> = random_init.iter().find_map(|e| match e {
-        Evaluator::Knn(k) => Some(k.clone()),
-        _ => None,
-    });
     let mut report = ReportData {
         workspace: ws.name.clone(),
         session: session.name.clone(),
@@ -336,7 +330,6 @@ pub fn run_session(
     // The backbone build in use (a hot reload can replace it).
     let mut backbone_live = backbone_plugin.clone();
     let mut random_knn: Option<f64> = None;
-    let mut random_done = false;
     let mut tasks = tasks.into_iter();
     let mut stopped = None;
     // Optimizer steps of the stages done so far.
@@ -373,8 +366,10 @@ pub fn run_session(
                                 return Err(e);
                             }
                         };
-                        if !(resuming || random_done || random_init.is_empty()) {
-                            random_done = true;
+                        let first_pretrain = !session.stages[..j]
+                            .iter()
+                            .any(|s| matches!(s, Stage::Pretrain(_)));
+                        if first_pretrain && !resuming && !random_init.is_empty() {
                             let evaluation = Evaluation::of(
                                 session,
                                 &data,
@@ -394,9 +389,11 @@ pub fn run_session(
                                     return Err(e);
                                 }
                             };
-                            random_knn = random_knn_cfg.as_ref().and_then(|k| {
-                                scores.iter().find(|(n, _)| *n == knn_name(k)).map(|s| s.1)
-                            });
+                            random_knn = random_init
+                                .iter()
+                                .zip(&scores)
+                                .find(|(e, _)| matches!(e, Evaluator::Knn(_)))
+                                .and_then(|(_, s)| s.first().map(|(_, acc)| *acc));
                             if let Some(acc) = random_knn {
                                 metadata.insert("knn_random_init".to_string(), acc.to_string());
                             }
@@ -439,7 +436,7 @@ pub fn run_session(
                         Box::new(
                             move |epoch: u64, step: u64, emit: &mut dyn FnMut(SessionEvent)| {
                                 if failed || epoch % every != 0 || epoch >= stage_epochs {
-                                    return Ok(());
+                                    return;
                                 }
                                 emit(SessionEvent::Log(format!("evaluating after epoch {epoch}")));
                                 let at = EvalPoint::Epoch(epoch);
@@ -450,7 +447,6 @@ pub fn run_session(
                                          skipping the stage's later ones: {e}"
                                     )));
                                 }
-                                Ok(())
                             },
                         ) as train::EpochHook<'_>
                     });
@@ -541,9 +537,9 @@ pub fn run_session(
                     let evaluation =
                         Evaluation::of(session, &data, &run_dir, &backbone_live, &result_scope);
                     let scores = evaluation.run(evs, EvalPoint::End, steps_before, emit)?;
-                    for evaluator in evs {
-                        if let Evaluator::Knn(k) = evaluator {
-                            if let Some((_, acc)) = scores.iter().find(|(n, _)| *n == knn_name(k)) {
+                    for (evaluator, scores) in evs.iter().zip(scores) {
+                        match (evaluator, scores.first()) {
+                            (Evaluator::Knn(k), Some((_, acc))) => {
                                 report.knn = Some(KnnResult {
                                     k: k.k,
                                     temperature: k.temperature,
@@ -551,18 +547,9 @@ pub fn run_session(
                                     trained: *acc,
                                 });
                             }
+                            _ => report.evals.extend(scores),
                         }
                     }
-                    let knn_names: Vec<String> = evs
-                        .iter()
-                        .filter_map(|e| match e {
-                            Evaluator::Knn(k) => Some(knn_name(k)),
-                            _ => None,
-                        })
-                        .collect();
-                    report
-                        .evals
-                        .extend(scores.into_iter().filter(|(n, _)| !knn_names.contains(n)));
                     capture_attention(
                         probe.as_ref(),
                         &backbone_live,

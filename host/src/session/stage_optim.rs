@@ -93,16 +93,3 @@ impl Schedules {
         (lr, wd)
     }
 }
-
-/// `(name, variable, decays)` of every trainable parameter of this thread's session.
-pub(super) fn trainable_params() -> Vec<(String, Var, bool)> {
-    crate::engine::context::with(|c| {
-        c.store
-            .params()
-            .iter()
-            .filter(|(_, p)| p.trainable)
-            .map(|(n, p)| (n.clone(), p.var.clone(), optim::decays(n, p.var.dims())))
-            .collect()
-    })
-    .unwrap_or_default()
-}

@@ -23,7 +23,7 @@ use super::{
     control::SessionControl,
     plugin_call::check,
     reload::{Live, take_offer},
-    stage_optim::{Optim, Schedules, trainable_params},
+    stage_optim::{Optim, Schedules},
 };
 use crate::{
     data::{
@@ -144,13 +144,12 @@ pub struct StageEnv<'a> {
     /// Captures last-layer attention maps at each epoch end (the TUI's attention view).
     pub attention: Option<AttentionCapture<'a>>,
     /// Called at each epoch end, after its checkpoint, with the epochs done and the
-    /// session step (`eval_every`'s evaluations); an error ends the stage.
+    /// session step (`eval_every`'s evaluations).
     pub on_epoch_end: Option<EpochHook<'a>>,
 }
 
 /// See [`StageEnv::on_epoch_end`].
-pub type EpochHook<'a> =
-    Box<dyn FnMut(u64, u64, &mut dyn FnMut(SessionEvent)) -> Result<(), SessionError> + 'a>;
+pub type EpochHook<'a> = Box<dyn FnMut(u64, u64, &mut dyn FnMut(SessionEvent)) + 'a>;
 
 /// Why a stage ended before its last epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,7 +372,7 @@ pub fn run(
     let epochs = u64::from(stage.epochs);
     let total = spe * epochs;
     let sched = Schedules::new(stage.optimizer, spe, total);
-    let params = trainable_params();
+    let params = context::trainable_params();
     let mut vars: Vec<(String, Var)> = params
         .iter()
         .map(|(n, v, _)| (n.clone(), v.clone()))
@@ -599,7 +598,7 @@ pub fn run(
                     swapped_backbone = backbone;
                 }
                 if record["event"] == "reload" {
-                    let params = trainable_params();
+                    let params = context::trainable_params();
                     vars = params
                         .iter()
                         .map(|(n, v, _)| (n.clone(), v.clone()))
@@ -657,7 +656,7 @@ pub fn run(
             }
             if end_of_epoch {
                 if let Some(hook) = env.on_epoch_end.as_mut() {
-                    hook(epoch + 1, before + step, &mut *emit)?;
+                    hook(epoch + 1, before + step, &mut *emit);
                 }
             }
             if let (Some(reason), Some(checkpoint)) = (stop, &last_good) {

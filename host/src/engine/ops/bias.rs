@@ -2,8 +2,6 @@
 //! backward whose bias gradient is a column sum split over the worker pool (candle's
 //! generic broadcast-add backward sums on one thread).
 
-use std::sync::{Mutex, PoisonError};
-
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Tensor};
 
 use super::{Route, f32_slice, for_each_row_block, last_dim, route, rows_per_block};
@@ -69,41 +67,28 @@ impl CustomOp2 for AddBias {
     }
 }
 
-/// Sums of the columns of `g`, rows of `d` elements: fixed blocks of rows summed in
-/// parallel, then the blocks' sums in order, so the result does not depend on the
-/// thread count.
+/// Sums of the columns of `g`, rows of `d` elements: one row of partial sums per
+/// fixed block of rows, the partials filled in parallel by [`for_each_row_block`],
+/// then added in order, so the result does not depend on the thread count.
 fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
     let d = d.max(1);
     let rows = g.len() / d;
     let per_block = rows_per_block(d);
     let blocks = rows.div_ceil(per_block).max(1);
-    let block_sum = |block: usize| -> Vec<f32> {
-        let mut acc = vec![0f32; d];
-        let start = block * per_block;
-        let end = (start + per_block).min(rows);
-        for row in g[start * d..end * d].chunks_exact(d) {
-            for (a, v) in acc.iter_mut().zip(row) {
-                *a += v;
+    let mut partials = vec![0f32; blocks * d];
+    for_each_row_block(&mut partials, d, |first, out| {
+        for (i, acc) in out.chunks_exact_mut(d).enumerate() {
+            let start = ((first + i) * per_block).min(rows);
+            let end = (start + per_block).min(rows);
+            for row in g[start * d..end * d].chunks_exact(d) {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
             }
         }
-        acc
-    };
-    let partials: Vec<Mutex<Vec<f32>>> = (0..blocks).map(|_| Mutex::new(Vec::new())).collect();
-    let pool = candle_core::utils::barrier_pool();
-    if blocks == 1 || pool.n_workers() == 0 {
-        for (i, slot) in partials.iter().enumerate() {
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = block_sum(i);
-        }
-    } else {
-        pool.execute_chunked(blocks, |range| {
-            for i in range {
-                *partials[i].lock().unwrap_or_else(PoisonError::into_inner) = block_sum(i);
-            }
-        });
-    }
+    });
     let mut total = vec![0f32; d];
-    for slot in partials {
-        let part = slot.into_inner().unwrap_or_else(PoisonError::into_inner);
+    for part in partials.chunks_exact(d) {
         for (t, v) in total.iter_mut().zip(part) {
             *t += v;
         }
