@@ -3,6 +3,7 @@
 //! `patchwork embed` (CLS features to safetensors).
 
 pub mod data;
+pub mod dino;
 pub mod embed;
 pub mod native;
 pub mod train;

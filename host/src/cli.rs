@@ -62,6 +62,10 @@ pub enum Command {
         /// Override a field: `--set sessions.NAME.stages.0.epochs=3`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Run every session on this device (`cpu`, `cuda:0`); the same as
+        /// `--set 'sessions.*.device=DEV'`.
+        #[arg(long, value_name = "DEV")]
+        device: Option<String>,
         /// Extra plugin directory.
         #[arg(long = "plugins")]
         plugin_dirs: Vec<PathBuf>,
@@ -74,6 +78,10 @@ pub enum Command {
         /// Override a field: `--set sessions.NAME.stages.0.epochs=3`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Run every session on this device (`cpu`, `cuda:0`); the same as
+        /// `--set 'sessions.*.device=DEV'`.
+        #[arg(long, value_name = "DEV")]
+        device: Option<String>,
         /// Extra plugin directory.
         #[arg(long = "plugins")]
         plugin_dirs: Vec<PathBuf>,
@@ -88,6 +96,10 @@ pub enum Command {
         /// Override a field: `--set sessions.NAME.stages.0.epochs=3`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Run every session on this device (`cpu`, `cuda:0`); the same as
+        /// `--set 'sessions.*.device=DEV'`.
+        #[arg(long, value_name = "DEV")]
+        device: Option<String>,
         /// Continue from the last checkpoint.
         #[arg(long)]
         resume: bool,
@@ -227,18 +239,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tui {
             file,
             sets,
+            device,
             plugin_dirs,
-        } => crate::tui::run(&file, &sets, &plugin_dirs, false),
+        } => crate::tui::run(&file, &with_device(sets, device), &plugin_dirs, false),
         Command::Dev {
             file,
             sets,
+            device,
             plugin_dirs,
-        } => crate::tui::run(&file, &sets, &plugin_dirs, true),
+        } => crate::tui::run(&file, &with_device(sets, device), &plugin_dirs, true),
         Command::Check { file, plugin_dirs } => check(&file, &plugin_dirs),
         Command::Run {
             file,
             session,
             sets,
+            device,
             resume,
             max_steps,
             no_reload,
@@ -246,7 +261,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => run_workspace(
             &file,
             session.as_deref(),
-            &sets,
+            &with_device(sets, device),
             RunFlags {
                 resume,
                 max_steps,
@@ -389,6 +404,14 @@ fn stop_on_signal() -> Arc<SessionControl> {
         tracing::warn!("cannot install the interrupt handler: {e}");
     }
     stop
+}
+
+/// `sets` followed by the override `--device` stands for.
+fn with_device(mut sets: Vec<String>, device: Option<String>) -> Vec<String> {
+    if let Some(device) = device {
+        sets.push(format!("sessions.*.device={device}"));
+    }
+    sets
 }
 
 fn run_workspace(

@@ -1,6 +1,7 @@
 //! The candle side of the host: fused ops with backward, the tensor registry and op
 //! table plugins call, the named parameter store, optimizers, schedules, checkpoints.
 
+pub mod autocast;
 pub mod checkpoint;
 pub mod clip;
 pub mod context;

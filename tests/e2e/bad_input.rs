@@ -86,6 +86,32 @@ fn unknown_field_is_named() {
 }
 
 #[test]
+fn an_unavailable_device_is_named_and_a_bad_one_refused() {
+    let dir = temp_dir("no-gpu");
+    let text = tiny_workspace(
+        &dir.join("runs"),
+        "Evaluate([Knn((k: 5, temperature: 0.07))]),",
+    );
+    // This machine has no NVIDIA GPU: a CPU build says how to build with CUDA, a CUDA
+    // build that no GPU is visible to.
+    let (_, out) = run_text("no-gpu-run", &text, &["--device", "cuda:0"]);
+    assert_fails_with(&out, &["device 'cuda:0'"]);
+    assert!(
+        out.stderr.contains("built without CUDA") || out.stderr.contains("is not available"),
+        "{}",
+        out.describe()
+    );
+    let (_, out) = run_text("bad-device-run", &text, &["--device", "gpu"]);
+    assert_fails_with(
+        &out,
+        &[
+            "sessions.*.device",
+            "device 'gpu' is neither 'cpu' nor 'cuda:N'",
+        ],
+    );
+}
+
+#[test]
 fn unknown_plugin_lists_the_known_ones() {
     let (_, out) = run_stages("unknown-plugin", &pretrain(r#"Plugin(name: "nope")"#, 1));
     assert_fails_with(&out, &["unknown plugin 'nope'", "known:", "dino"]);

@@ -10,6 +10,7 @@ mod drills;
 mod evaluations;
 mod gradients;
 mod plugins;
+mod precision;
 mod probes;
 mod provenance;
 mod quickstart;

@@ -1,5 +1,6 @@
-//! `cargo xtask ci`: the CI sequence, cheapest checks first. Std-only so it
-//! compiles in seconds.
+//! `cargo xtask ci`: the CI sequence, cheapest checks first. `cargo xtask cuda`: the
+//! release build with CUDA (toolkit from `xtask/cuda-env.sh`) and the plugins beside
+//! it. Std-only so it compiles in seconds.
 
 use std::process::{Command, ExitCode};
 
@@ -55,13 +56,52 @@ fn ci() -> bool {
     true
 }
 
+/// The package names of the plugin crates under `plugins/`.
+fn plugin_packages() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("plugins") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("Cargo.toml")).ok())
+        .filter_map(|toml| {
+            toml.lines()
+                .find_map(|l| l.strip_prefix("name = "))
+                .map(|n| n.trim().trim_matches('"').to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// `. xtask/cuda-env.sh`, then the host with `--features cuda` and the plugins, in
+/// release: everything `target/release/patchwork --device cuda:0` needs.
+fn cuda() -> bool {
+    let mut script = String::from(
+        ". xtask/cuda-env.sh && cargo build --release -p patchwork --features cuda && cargo build --release",
+    );
+    for name in plugin_packages() {
+        script.push_str(" -p ");
+        script.push_str(&name);
+    }
+    eprintln!("\n==> sh -c '{script}'");
+    match Command::new("sh").args(["-c", &script]).status() {
+        Ok(s) => s.success(),
+        Err(e) => {
+            eprintln!("cannot run sh: {e}");
+            false
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
     let ok = match task.as_str() {
         "ci" => ci(),
         "plugins" => cargo(&["build", "--workspace", "--lib"], &[]),
+        "cuda" => cuda(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|plugins>");
+            eprintln!("usage: cargo xtask <ci|plugins|cuda>");
             false
         }
     };

@@ -17,6 +17,7 @@ use patchwork_plugin_api::abi::PluginKind;
 
 use super::native::NativeConfig;
 use super::train::{BenchArgs, PluginPath, quickstart_model, views};
+use super::vit::Target;
 use crate::{
     cli::plugin_dirs,
     data::{
@@ -132,8 +133,9 @@ fn step_rate(
 ) -> Result<f64> {
     let vit = registry.require("vit", PluginKind::BACKBONE)?;
     let dino = registry.require("dino", PluginKind::PRETEXT)?;
-    let mut path = PluginPath::new(vit, dino, m)?;
-    let inputs = views(m, batch)?;
+    let cpu = Target::cpu();
+    let mut path = PluginPath::new(vit, dino, m, &cpu)?;
+    let inputs = views(m, batch, &cpu.device)?;
     path.train_step(&inputs)?;
     let start = Instant::now();
     for _ in 0..steps {

@@ -10,11 +10,12 @@ use candle_core::{Device, Tensor, Var};
 use patchwork_plugin_api::abi::{BatchAbi, InstanceId, PluginKind, StepInfo};
 
 use super::native::{NativeConfig, NativeDino};
+use super::vit::Target;
 use crate::{
     cli::plugin_dirs,
     engine::{
         clip::clip_per_param,
-        context::{self, BackboneSource, HostContext},
+        context::{self, BackboneSource},
         host_ops, optim, registry,
     },
     plugins::{LoadedPlugin, PluginRegistry},
@@ -53,6 +54,12 @@ pub struct BenchArgs {
     /// backward, optimizer, and the host's fused kernels in each).
     #[arg(long)]
     pub profile: bool,
+    /// `train`: the device the models run on (`cpu`, `cuda:0`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// `train`: `f32`, or `bf16` (autocast: bf16 matmuls, f32 weights and reductions).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
     /// Extra plugin directory.
     #[arg(long = "plugins")]
     pub plugin_dirs: Vec<PathBuf>,
@@ -89,8 +96,8 @@ fn plugin_configs(m: &NativeConfig) -> (String, String) {
     (vit, dino)
 }
 
-/// Random inputs for every view position of `m`.
-pub(super) fn views(m: &NativeConfig, batch: usize) -> Result<Vec<Tensor>> {
+/// Random inputs for every view position of `m`, on `device`.
+pub(super) fn views(m: &NativeConfig, batch: usize, device: &Device) -> Result<Vec<Tensor>> {
     let mut out = Vec::new();
     for i in 0..m.global_crops + m.local_crops {
         let s = if i < m.global_crops {
@@ -98,7 +105,7 @@ pub(super) fn views(m: &NativeConfig, batch: usize) -> Result<Vec<Tensor>> {
         } else {
             m.local_size
         };
-        out.push(Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu)?);
+        out.push(Tensor::randn(0f32, 1.0, (batch, 3, s, s), device)?);
     }
     Ok(out)
 }
@@ -113,14 +120,15 @@ pub(super) struct PluginPath<'a> {
 }
 
 impl<'a> PluginPath<'a> {
-    /// A DINO instance over the vit plugin, configured like `m`.
+    /// A DINO instance over the vit plugin, configured like `m`, on `target`.
     pub(super) fn new(
         vit: &'a LoadedPlugin,
         dino: &'a LoadedPlugin,
         m: &NativeConfig,
+        target: &Target,
     ) -> Result<Self> {
         let (vit_cfg, dino_cfg) = plugin_configs(m);
-        let mut ctx = HostContext::new(Device::Cpu, 0);
+        let mut ctx = target.context();
         ctx.backbone = Some(BackboneSource {
             name: "vit".into(),
             root: vit.root,
@@ -181,6 +189,17 @@ impl Drop for PluginPath<'_> {
     }
 }
 
+/// The device and arithmetic `args` ask for.
+fn target(args: &BenchArgs) -> Result<Target> {
+    let device = crate::session::runner::device(&args.device)?;
+    let bf16 = match args.precision.as_str() {
+        "f32" | "fp32" => false,
+        "bf16" => true,
+        other => anyhow::bail!("unknown precision '{other}' (use f32 or bf16)"),
+    };
+    Ok(Target { device, bf16 })
+}
+
 /// Runs `patchwork bench`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
     match args.what.as_str() {
@@ -188,14 +207,25 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "data" => return super::data::bench_data(args),
         other => anyhow::bail!("unknown benchmark '{other}' (available: train, data)"),
     }
+    let target = target(args)?;
     let registry = PluginRegistry::discover(&plugin_dirs(&args.plugin_dirs));
     let vit = registry.require("vit", PluginKind::BACKBONE)?;
     for name in &args.models {
         if name == "quickstart" {
             continue;
         }
+        if name == super::dino::NAME {
+            let dino = registry.require("dino", PluginKind::PRETEXT)?;
+            let m = super::dino::dino_s16();
+            let figures = super::dino::measure(vit, dino, &m, args, &target)?;
+            super::dino::print(&m, args.batch, &target, &figures);
+            continue;
+        }
         let m = super::vit::model(name).with_context(|| {
-            format!("unknown model '{name}' (available: tiny16, tiny4, quickstart)")
+            format!(
+                "unknown model '{name}' (available: tiny16, tiny4, {}, quickstart)",
+                super::dino::NAME
+            )
         })?;
         let figures = super::vit::measure(
             vit,
@@ -204,18 +234,18 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             args.warmup,
             args.vit_steps,
             args.profile,
+            &target,
         )?;
-        let threads = candle_core::utils::get_num_threads();
-        super::vit::print(&m, args.batch, threads, args.peak_gflops, &figures);
+        super::vit::print(&m, args.batch, &target, args.peak_gflops, &figures);
     }
     if !args.models.iter().any(|m| m == "quickstart") {
         return Ok(());
     }
     let dino = registry.require("dino", PluginKind::PRETEXT)?;
     let m = quickstart_model();
-    let mut plugin = PluginPath::new(vit, dino, &m)?;
-    let mut native = NativeDino::new(&m, &Device::Cpu, 0)?;
-    let inputs = views(&m, args.batch)?;
+    let mut plugin = PluginPath::new(vit, dino, &m, &target)?;
+    let mut native = NativeDino::new(&m, &target.device, 0)?;
+    let inputs = views(&m, args.batch, &target.device)?;
     // Warm-up: allocator, caches, interpolation matrices.
     plugin.train_step(&inputs)?;
     native.train_step(&inputs, 0)?;

@@ -14,6 +14,7 @@ use patchwork_plugin_api::abi::{ForwardOpts, InstanceId};
 
 use crate::{
     engine::{
+        autocast,
         context::{self, HostContext},
         host_ops, optim, profile, registry,
     },
@@ -29,6 +30,72 @@ const OPTIMIZER: &str = "optimizer (AdamW)";
 
 /// Classes of the linear head (ImageNet's, as timm's ViT-Tiny).
 const CLASSES: usize = 1000;
+
+/// Where the bench runs and in what arithmetic (`--device`, `--precision`).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The device every tensor of the step lives on.
+    pub device: Device,
+    /// bf16 autocast of the matmuls ([`crate::engine::autocast`]).
+    pub bf16: bool,
+}
+
+impl Target {
+    /// The CPU in f32.
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+            bf16: false,
+        }
+    }
+
+    /// A session context on the target, seed 0.
+    pub(super) fn context(&self) -> HostContext {
+        let mut ctx = HostContext::new(self.device.clone(), 0);
+        ctx.bf16_matmul = self.bf16;
+        ctx
+    }
+
+    /// `cpu, fp32`, `cuda:0, bf16 autocast`.
+    pub fn label(&self) -> String {
+        let device = match self.device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+            candle_core::DeviceLocation::Cpu => {
+                format!("cpu, {} threads", candle_core::utils::get_num_threads())
+            }
+        };
+        let precision = if self.bf16 { "bf16 autocast" } else { "fp32" };
+        format!("{device}, {precision}")
+    }
+
+    /// Waits for the device's queued work (timings of asynchronous devices).
+    pub(super) fn sync(&self) -> Result<()> {
+        Ok(self.device.synchronize()?)
+    }
+
+    /// GPU memory in use now (the driver's total − free, bytes); `None` on the CPU.
+    pub(super) fn device_memory(&self) -> Option<u64> {
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda() {
+            let info = candle_core::cuda_backend::cudarc::driver::result::mem_get_info();
+            return info
+                .ok()
+                .map(|(free, total)| total.saturating_sub(free) as u64);
+        }
+        None
+    }
+}
+
+/// Prints the GPU memory line of a CUDA run.
+pub(super) fn print_device_memory(bytes: Option<u64>) {
+    if let Some(bytes) = bytes {
+        println!(
+            "  GPU memory in use after the train steps: {:.2} GiB (driver: total - free)",
+            bytes as f64 / (1u64 << 30) as f64
+        );
+    }
+}
 
 /// A ViT configuration the bench measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +145,17 @@ impl VitModel {
     /// (ratio 4), and the head. Element-wise work (norms, softmax, GELU) is left out,
     /// as FLOP counters for ViTs do.
     pub fn forward_flops(&self) -> f64 {
+        self.encoder_flops() + 2.0 * self.embed_dim as f64 * CLASSES as f64
+    }
+
+    /// Forward FLOPs per image of the encoder alone (no classification head).
+    pub fn encoder_flops(&self) -> f64 {
         let (n, d) = (self.tokens() as f64, self.embed_dim as f64);
         let patches = n - 1.0;
         let p = self.patch_size as f64;
         let embed = 2.0 * patches * 3.0 * p * p * d;
         let block = 2.0 * n * 12.0 * d * d + 4.0 * n * n * d;
-        embed + self.depth as f64 * block + 2.0 * d * CLASSES as f64
+        embed + self.depth as f64 * block
     }
 
     /// Train-step FLOPs per image: forward plus a backward of twice the forward.
@@ -114,12 +186,14 @@ pub struct VitFigures {
     pub forward_ips: f64,
     /// Peak resident memory over the model's steps, bytes (`VmHWM`; 0 when unknown).
     pub peak_bytes: u64,
+    /// On a GPU, its memory in use after the train steps.
+    pub device_bytes: Option<u64>,
     /// With `--profile`: per span of the timed train steps, its mean time per step.
     pub profile: Vec<(&'static str, f64)>,
 }
 
 /// The median of `v` (which is not empty).
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
     if v.len() % 2 == 0 {
@@ -156,25 +230,25 @@ struct VitStep<'a> {
 }
 
 impl<'a> VitStep<'a> {
-    fn new(vit: &'a LoadedPlugin, m: &VitModel, batch: usize) -> Result<Self> {
-        context::install(HostContext::new(Device::Cpu, 0));
+    fn new(vit: &'a LoadedPlugin, m: &VitModel, batch: usize, target: &Target) -> Result<Self> {
+        context::install(target.context());
+        let dev = &target.device;
         let config = m.plugin_config();
         let r = (vit.root.create())(config.as_str().into(), host_ops::table(), "".into());
         let instance = r.into_result().map_err(|e| anyhow!("vit: {}", e.message))?;
         let d = m.embed_dim;
-        let head_w =
-            Var::from_tensor(&(Tensor::randn(0f32, 1.0, (d, CLASSES), &Device::Cpu)? * 0.02)?)?;
-        let head_b = Var::zeros(CLASSES, DType::F32, &Device::Cpu)?;
+        let head_w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (d, CLASSES), dev)? * 0.02)?)?;
+        let head_b = Var::zeros(CLASSES, DType::F32, dev)?;
         let mut params: Vec<(String, Var, bool)> = context::trainable_params();
         params.push(("head.weight".into(), head_w.clone(), true));
         params.push(("head.bias".into(), head_b.clone(), false));
         let opt = optim::AdamW::new(params, optim::AdamWConfig::default())?;
         let s = m.img_size;
-        let images = Tensor::randn(0f32, 1.0, (batch, 3, s, s), &Device::Cpu)?;
+        let images = Tensor::randn(0f32, 1.0, (batch, 3, s, s), dev)?;
         let labels: Vec<u32> = (0..batch as u32)
             .map(|i| (i * 37) % CLASSES as u32)
             .collect();
-        let labels = Tensor::from_vec(labels, batch, &Device::Cpu)?;
+        let labels = Tensor::from_vec(labels, batch, dev)?;
         Ok(Self {
             vit,
             instance,
@@ -202,8 +276,7 @@ impl<'a> VitStep<'a> {
         for id in [out.patches].into_iter().chain(out.layers.iter().copied()) {
             registry::remove(id);
         }
-        Ok(cls
-            .matmul(self.head_w.as_tensor())?
+        Ok(autocast::matmul(&cls, self.head_w.as_tensor())?
             .broadcast_add(self.head_b.as_tensor())?)
     }
 
@@ -225,10 +298,10 @@ impl<'a> VitStep<'a> {
         Ok(loss.to_scalar::<f32>()?)
     }
 
-    /// One forward pass (evaluation mode, no graph kept).
-    fn forward(&self) -> Result<()> {
+    /// One forward pass (evaluation mode, no graph kept), finished on the device.
+    fn forward(&self, target: &Target) -> Result<()> {
         let _logits = self.logits(false)?;
-        Ok(())
+        target.sync()
     }
 }
 
@@ -248,9 +321,10 @@ pub fn measure(
     warmup: usize,
     steps: usize,
     with_profile: bool,
+    target: &Target,
 ) -> Result<VitFigures> {
     reset_peak_memory();
-    let mut step = VitStep::new(vit, m, batch)?;
+    let mut step = VitStep::new(vit, m, batch, target)?;
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         for _ in 0..warmup {
             f()?;
@@ -269,33 +343,37 @@ pub fn measure(
         anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
         Ok(())
     })?;
+    let device_bytes = target.device_memory();
     let n = steps.max(1) as f64;
     let profile = profile::totals()
         .into_iter()
         .map(|(name, time, _)| (name, time.as_secs_f64() / n))
         .collect();
     profile::enable(false);
-    let forward_ips = time(&mut || step.forward())?;
+    let forward_ips = time(&mut || step.forward(target))?;
     profile::enable(false);
     let peak_bytes = peak_memory();
     Ok(VitFigures {
         train_ips,
         forward_ips,
         peak_bytes,
+        device_bytes,
         profile,
     })
 }
 
 /// Prints the figures of `m` as the PyTorch reference prints them.
-pub fn print(m: &VitModel, batch: usize, threads: usize, peak_gflops: f64, f: &VitFigures) {
+pub fn print(m: &VitModel, batch: usize, target: &Target, peak_gflops: f64, f: &VitFigures) {
     let gf = |ips: f64, flops: f64| ips * flops / 1e9;
     let (train_gf, fwd_gf) = (
         gf(f.train_ips, m.train_flops()),
         gf(f.forward_ips, m.forward_flops()),
     );
     println!(
-        "ViT-Tiny/{} @ {} px, batch {batch}, {threads} threads (patchwork, candle, fp32):",
-        m.patch_size, m.img_size
+        "ViT-Tiny/{} @ {} px, batch {batch}, {} (patchwork, candle):",
+        m.patch_size,
+        m.img_size,
+        target.label()
     );
     println!(
         "  train step: {:.2} img/s, {train_gf:.1} GFLOP/s ({:.0} % of {peak_gflops:.0}) at {:.3} GFLOP/img (3 × forward)",
@@ -313,6 +391,7 @@ pub fn print(m: &VitModel, batch: usize, threads: usize, peak_gflops: f64, f: &V
         "  peak memory: {:.2} GiB (process VmHWM over this model's steps)",
         f.peak_bytes as f64 / (1u64 << 30) as f64
     );
+    print_device_memory(f.device_bytes);
     print_profile(&f.profile);
 }
 

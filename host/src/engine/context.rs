@@ -59,6 +59,8 @@ pub struct HostContext {
     next_backbone: u64,
     /// Log lines plugins wrote since the last drain.
     pub logs: Vec<String>,
+    /// bf16 autocast of matrix products ([`super::autocast`]).
+    pub bf16_matmul: bool,
     /// Set while a hot-reloaded plugin is created: which parameters it asked for, and
     /// which it asked for in a new shape (re-initialised instead of refused).
     pub reload: Option<ReloadTrack>,
@@ -84,6 +86,7 @@ impl HostContext {
             backbones: BTreeMap::new(),
             next_backbone: 1,
             logs: Vec::new(),
+            bf16_matmul: false,
             reload: None,
         }
     }

@@ -18,7 +18,7 @@ use patchwork_plugin_api::abi::{
 };
 use std::sync::OnceLock;
 
-use super::{context, nn_ops, ops, registry, store};
+use super::{autocast, context, nn_ops, ops, registry, store};
 
 type R<T> = Result<T, AbiError>;
 
@@ -144,8 +144,8 @@ extern "C" fn binary(op: BinaryOp, a: TensorId, b: TensorId) -> RResult<TensorId
             BinaryOp::BROADCAST_SUB => a.broadcast_sub(&b),
             BinaryOp::BROADCAST_MUL => a.broadcast_mul(&b),
             BinaryOp::BROADCAST_DIV => a.broadcast_div(&b),
-            BinaryOp::MATMUL => a.matmul(&b),
-            BinaryOp::BROADCAST_MATMUL => a.broadcast_matmul(&b),
+            BinaryOp::MATMUL => autocast::matmul(&a, &b),
+            BinaryOp::BROADCAST_MATMUL => autocast::broadcast_matmul(&a, &b),
             BinaryOp::BROADCAST_MAXIMUM => a.broadcast_maximum(&b),
             other => return Err(unknown("binary op", other.0)),
         };

@@ -1,9 +1,10 @@
 //! Composite nn ops the op table offers: convolution (with a fast path for patch
-//! embeddings) and attention built on the fused softmax.
+//! embeddings) and attention built on the fused softmax; their matrix products go
+//! through [`super::autocast`].
 
 use candle_core::{Result, Tensor};
 
-use super::ops;
+use super::{autocast, ops};
 
 /// `(B, C, H, W) ⊛ (O, C, k, k)` plus bias. When kernel = stride and there is no
 /// padding (a ViT patch embedding) this is an unfold and one matmul, which is
@@ -23,7 +24,7 @@ pub fn conv2d(
             .reshape((b, c, gh, kh, gw, kw))?
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((b * gh * gw, c * kh * kw))?;
-        let y = patches.matmul(&w.reshape((o, c * kh * kw))?.t()?)?;
+        let y = autocast::matmul(&patches, &w.reshape((o, c * kh * kw))?.t()?)?;
         y.reshape((b, gh, gw, o))?.permute((0, 3, 1, 2))?
     } else {
         x.conv2d(w, padding, stride, 1, 1)?
@@ -37,9 +38,9 @@ pub fn conv2d(
 /// `softmax(q·kᵀ·scale)·v` over `(B, H, N, hd)`; returns the output and the
 /// probabilities `(B, H, N, N)`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
-    let logits = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
+    let logits = (autocast::matmul(&q.contiguous()?, &k.contiguous()?.t()?)? * scale)?;
     let probs = ops::softmax_last_dim(&logits)?;
-    let out = probs.matmul(&v.contiguous()?)?;
+    let out = autocast::matmul(&probs, &v.contiguous()?)?;
     Ok((out, probs))
 }
 

@@ -3,17 +3,20 @@
 //! candle-nn 0.11's fused `layer_norm` and `softmax_last_dim` drop their gradients, so the
 //! host has its own. Each public function picks its implementation from the input:
 //!
-//! - **CPU, f32**: a candle custom op with a hand-written forward kernel and a backward
-//!   kernel (first-order gradients only: the gradients themselves are not differentiable);
+//! - **f32 on the CPU, or on CUDA with the `cuda` feature**: a candle custom op with a
+//!   hand-written forward kernel and a backward kernel (first-order gradients only: the
+//!   gradients themselves are not differentiable); the CUDA kernels are in `kernels.cu`;
 //! - **f16 / bf16** (any device): upcast to f32, run the f32 path, cast back, so norms and
 //!   softmaxes never accumulate in half precision;
-//! - **anything else** (CUDA or Metal f32, f64): composed candle ops, which carry their own
+//! - **anything else** (Metal f32, f64): composed candle ops, which carry their own
 //!   correct gradients.
 //!
 //! CPU kernels split rows across candle's own worker pool
 //! ([`candle_core::utils::barrier_pool`]) once a tensor is large enough to pay for it.
 
 mod bias;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod gelu;
 mod layer_norm;
 mod softmax;
@@ -44,7 +47,7 @@ enum Route {
 fn route(x: &Tensor) -> Route {
     match x.dtype() {
         DType::F16 | DType::BF16 => Route::Upcast,
-        DType::F32 if x.device().is_cpu() => Route::Fused,
+        DType::F32 if x.device().is_cpu() || x.device().is_cuda() => Route::Fused,
         _ => Route::Composed,
     }
 }

@@ -28,7 +28,9 @@ use crate::{
         context::{self, BackboneSource, HostContext},
     },
     plugins::{LoadedPlugin, PluginRegistry},
-    workspace::schema::{DeviceSpec, Evaluator, PluginRef, Session, Stage, Workspace, resolve},
+    workspace::schema::{
+        DeviceSpec, Evaluator, PluginRef, Precision, Session, Stage, Workspace, resolve,
+    },
 };
 
 /// How to run.
@@ -65,12 +67,21 @@ pub struct SessionOutcome {
 pub fn device(spec: &str) -> Result<Device, SessionError> {
     match DeviceSpec::parse(spec) {
         Some(DeviceSpec::Cpu) => Ok(Device::Cpu),
+        Some(DeviceSpec::Cuda(_)) if !cfg!(feature = "cuda") => {
+            Err(SessionError::Unsupported(format!(
+                "device '{spec}': this patchwork was built without CUDA; build it with \
+             `. xtask/cuda-env.sh && cargo build --release --features cuda` (README: CUDA)"
+            )))
+        }
         Some(DeviceSpec::Cuda(n)) => Device::new_cuda(n).map_err(|e| {
             SessionError::Unsupported(format!(
-                "device '{spec}' is not available: {e} (build with `--features cuda` on a machine with an NVIDIA GPU)"
+                "device '{spec}' is not available: no NVIDIA GPU with ordinal {n} is visible \
+                 to the CUDA driver ({e})"
             ))
         }),
-        None => Err(SessionError::Unsupported(format!("unknown device '{spec}' (use \"cpu\" or \"cuda:N\")"))),
+        None => Err(SessionError::Unsupported(format!(
+            "unknown device '{spec}' (use \"cpu\" or \"cuda:N\")"
+        ))),
     }
 }
 
@@ -292,6 +303,7 @@ pub fn run_session(
 
     let mut ctx = HostContext::new(device, session.seed);
     ctx.backbone = Some(backbone_source);
+    ctx.bf16_matmul = session.precision == Precision::Bf16;
     context::install(ctx);
     let _guard = ContextGuard;
 

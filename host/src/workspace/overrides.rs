@@ -5,7 +5,8 @@
 //! value replaced, and the result deserialised and validated again. Path rules:
 //!
 //! - list items by index or, for items with a `name` (sessions), by name:
-//!   `sessions.vit-dino.seed=1`, `sessions.0.seed=1`;
+//!   `sessions.vit-dino.seed=1`, `sessions.0.seed=1`; `*` is every item
+//!   (`sessions.*.device=cuda:0`, which is what `--device cuda:0` sets);
 //! - an enum tag may be named (`stages.0.Pretrain.epochs`) or skipped: when a key is
 //!   not found in a single-key object whose key is a variant name, the walk steps
 //!   through the tag (`sessions.vit-dino.stages.0.optimizer.lr=0.001`);
@@ -141,6 +142,15 @@ fn set_in(node: &mut Value, segments: &[&str], text: &str, at: &str) -> Result<(
                 describe_at(at),
                 quoted_list(keys.iter().map(String::as_str))
             ))
+        }
+        Value::Array(items) if segment == "*" => {
+            if items.is_empty() {
+                return Err(format!("'*' {}: the list is empty", describe_at(at)));
+            }
+            for (i, item) in items.iter_mut().enumerate() {
+                set_in(item, rest, text, &join(at, &i.to_string()))?;
+            }
+            Ok(())
         }
         Value::Array(items) => {
             let by_index = segment.parse::<usize>().ok().filter(|&i| i < items.len());
@@ -405,6 +415,19 @@ mod tests {
             panic!("optimizer should be Sgd");
         };
         assert!((sgd.lr - 0.1).abs() < 1e-12 && (sgd.momentum - 0.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_star_sets_every_item() {
+        let ws = set(&["sessions.*.device=Cuda(1)", "sessions.*.precision=bf16"]).unwrap();
+        for s in &ws.sessions {
+            assert_eq!(s.device, "cuda:1");
+            assert_eq!(s.precision, crate::workspace::schema::Precision::Bf16);
+        }
+        let err = set(&["sessions.*.device=gpu"]).unwrap_err().to_string();
+        assert!(err.contains("device 'gpu' is neither"), "{err}");
+        let err = set(&["sessions.*.nope=1"]).unwrap_err().to_string();
+        assert!(err.contains("unknown key 'nope' in 'sessions.0'"), "{err}");
     }
 
     #[test]

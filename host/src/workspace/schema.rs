@@ -121,9 +121,13 @@ pub struct Session {
     /// `summary.md` gives each metric's mean ± std over them. Empty: run once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeds: Vec<u64>,
-    /// `"cpu"` or `"cuda:N"`.
-    #[serde(default = "default_device")]
+    /// `"cpu"` or `"cuda:N"`; the variants `Cpu` and `Cuda(N)` are read as those.
+    #[serde(default = "default_device", deserialize_with = "device_text")]
     pub device: String,
+    /// Arithmetic of the session's matrix products: `F32`, or `Bf16` (autocast: the
+    /// matmuls' operands in bf16, master weights, norms, softmaxes and reductions in f32).
+    #[serde(default)]
+    pub precision: Precision,
     /// Steps between checkpoints; 0 means once per epoch. One is always written at the end.
     #[serde(default)]
     pub checkpoint_every: u64,
@@ -470,7 +474,7 @@ impl Default for KnnConfig {
 }
 
 /// The device named by [`Session::device`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum DeviceSpec {
     /// `"cpu"`.
     Cpu,
@@ -490,6 +494,42 @@ impl DeviceSpec {
         }
         ordinal.parse().ok().map(Self::Cuda)
     }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Reads [`Session::device`] as text (`"cuda:0"`) or as a variant (`Cuda(0)`, `Cpu`);
+/// text that names no device is kept, for validation to report with its position.
+fn device_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Variant(DeviceSpec),
+        Text(String),
+    }
+    Ok(match Written::deserialize(d)? {
+        Written::Variant(spec) => spec.to_string(),
+        Written::Text(text) => text,
+    })
+}
+
+/// The arithmetic of a session's matrix products ([`Session::precision`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    #[serde(alias = "f32")]
+    F32,
+    /// bf16 autocast for matmuls (and the patch-embedding convolution); f32 elsewhere.
+    #[serde(alias = "bf16")]
+    Bf16,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -1855,6 +1895,41 @@ mod tests {
         for bad in ["cuda", "cuda:", "cuda:-1", "cuda:+1", "gpu", "CPU"] {
             assert_eq!(DeviceSpec::parse(bad), None, "{bad}");
         }
+        assert_eq!(DeviceSpec::Cuda(3).to_string(), "cuda:3");
+    }
+
+    #[test]
+    fn device_reads_as_text_or_variant_and_precision_defaults_to_f32() {
+        let with = |device: &str, extra: &str| {
+            QUICKSTART.replace("device: \"cpu\",", &format!("device: {device}, {extra}"))
+        };
+        for (written, read) in [
+            ("Cuda(0)", "cuda:0"),
+            ("Cuda(2)", "cuda:2"),
+            ("Cpu", "cpu"),
+            ("\"cuda:1\"", "cuda:1"),
+        ] {
+            let ws = parse_str(&with(written, "")).unwrap();
+            assert_eq!(ws.sessions[0].device, read, "{written}");
+            assert_eq!(ws.sessions[0].precision, Precision::F32);
+        }
+        let bad = parse_err(&with("Gpu(0)", ""));
+        assert!(bad.starts_with("ws.ron:"), "{bad}");
+        let bad = parse_err(&with("\"gpu\"", ""));
+        assert!(
+            bad.contains("device 'gpu' is neither 'cpu' nor 'cuda:N'"),
+            "{bad}"
+        );
+        let ws = parse_str(&with("Cuda(0)", "precision: Bf16,")).unwrap();
+        assert_eq!(ws.sessions[0].precision, Precision::Bf16);
+        // Written back in the text form.
+        let text = ron::to_string(&ws.sessions[0]).unwrap();
+        assert!(
+            text.contains("device:\"cuda:0\"") && text.contains("precision:Bf16"),
+            "{text}"
+        );
+        let text = ron::to_string(&parse_str(QUICKSTART).unwrap().sessions[0]).unwrap();
+        assert!(text.contains("precision:F32"), "{text}");
     }
 
     #[test]

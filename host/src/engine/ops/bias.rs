@@ -54,6 +54,25 @@ impl CustomOp2 for AddBias {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dev = &s1.device;
+        let x = super::cuda::view(s1, l1, "add_bias input")?;
+        let b = super::cuda::view(s2, l2, "add_bias bias")?;
+        let d = last_dim(l1);
+        if b.len() != d {
+            candle_core::bail!("add_bias: bias length {} should be {d}", b.len());
+        }
+        let y = super::cuda::add_bias(dev, &x, &b)?;
+        Ok((super::cuda::storage(y, dev), l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -109,6 +128,19 @@ impl CustomOp1 for ColumnSum {
         let g = f32_slice(storage, layout, "add_bias output gradient")?;
         let d = last_dim(layout);
         Ok((CpuStorage::F32(column_sums(g, d)), Shape::from(d)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dev = &storage.device;
+        let g = super::cuda::view(storage, layout, "add_bias output gradient")?;
+        let d = last_dim(layout);
+        let sums = super::cuda::column_sums(dev, &g, d)?;
+        Ok((super::cuda::storage(sums, dev), Shape::from(d)))
     }
 }
 

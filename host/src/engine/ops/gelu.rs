@@ -75,6 +75,18 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dev = &storage.device;
+        let x = super::cuda::view(storage, layout, "gelu input")?;
+        let y = super::cuda::gelu(dev, &x)?;
+        Ok((super::cuda::storage(y, dev), layout.shape().clone()))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad_res.contiguous()?;
         Ok(Some(arg.apply_op2_no_bwd(&grad, &GeluBwd)?))
@@ -116,6 +128,28 @@ impl CustomOp2 for GeluBwd {
             }
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dev = &s1.device;
+        let x = super::cuda::view(s1, l1, "gelu input")?;
+        let g = super::cuda::view(s2, l2, "gelu output gradient")?;
+        if x.len() != g.len() {
+            candle_core::bail!(
+                "gelu backward: gradient length {} should be {}",
+                g.len(),
+                x.len()
+            );
+        }
+        let dx = super::cuda::gelu_bwd(dev, &x, &g)?;
+        Ok((super::cuda::storage(dx, dev), l1.shape().clone()))
     }
 }
 

@@ -38,8 +38,8 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
         Route::Fused
             if weight.dtype() == DType::F32
                 && bias.dtype() == DType::F32
-                && weight.device().is_cpu()
-                && bias.device().is_cpu() =>
+                && weight.device().same_device(x.device())
+                && bias.device().same_device(x.device()) =>
         {
             x.contiguous()?.apply_op3(
                 &weight.contiguous()?,
@@ -113,6 +113,32 @@ impl CustomOp3 for LayerNorm {
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dev = &s1.device;
+        let x = super::cuda::view(s1, l1, "layer_norm input")?;
+        let w = super::cuda::view(s2, l2, "layer_norm weight")?;
+        let b = super::cuda::view(s3, l3, "layer_norm bias")?;
+        let d = last_dim(l1);
+        if w.len() != d || b.len() != d {
+            bail!(
+                "layer_norm weight/bias length {}/{} should be {d}",
+                w.len(),
+                b.len()
+            );
+        }
+        let y = super::cuda::layer_norm(dev, &x, &w, &b, self.eps)?;
+        Ok((super::cuda::storage(y, dev), l1.shape().clone()))
     }
 
     fn bwd(
@@ -224,6 +250,37 @@ impl CustomOp3 for LayerNormBwd {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from_dims(&[rows + 2, d])))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dev = &s1.device;
+        let x = super::cuda::view(s1, l1, "layer_norm input")?;
+        let w = super::cuda::view(s2, l2, "layer_norm weight")?;
+        let g = super::cuda::view(s3, l3, "layer_norm output gradient")?;
+        let d = last_dim(l1);
+        if w.len() != d || g.len() != x.len() {
+            bail!(
+                "layer_norm backward: weight length {} should be {d}, gradient length {} should be {}",
+                w.len(),
+                g.len(),
+                x.len()
+            );
+        }
+        let rows = x.len() / d.max(1);
+        let packed = super::cuda::layer_norm_bwd(dev, &x, &w, &g, self.eps)?;
+        Ok((
+            super::cuda::storage(packed, dev),
+            Shape::from_dims(&[rows + 2, d]),
+        ))
     }
 }
 

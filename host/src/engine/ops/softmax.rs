@@ -89,6 +89,18 @@ impl CustomOp1 for Softmax {
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dev = &storage.device;
+        let x = super::cuda::view(storage, layout, "softmax input")?;
+        let y = super::cuda::softmax(dev, &x, last_dim(layout), self.log)?;
+        Ok((super::cuda::storage(y, dev), layout.shape().clone()))
+    }
+
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad_res.contiguous()?;
         let dx = res.apply_op2_no_bwd(&grad, &SoftmaxBwd { log: self.log })?;
@@ -153,6 +165,28 @@ impl CustomOp2 for SoftmaxBwd {
             }
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dev = &s1.device;
+        let y = super::cuda::view(s1, l1, "softmax output")?;
+        let g = super::cuda::view(s2, l2, "softmax output gradient")?;
+        if y.len() != g.len() {
+            candle_core::bail!(
+                "softmax backward: gradient length {} should be {}",
+                g.len(),
+                y.len()
+            );
+        }
+        let dx = super::cuda::softmax_bwd(dev, &y, &g, last_dim(l1), self.log)?;
+        Ok((super::cuda::storage(dx, dev), l1.shape().clone()))
     }
 }
 

@@ -1,0 +1,284 @@
+//! The fused ops on CUDA: launches the kernels of `kernels.cu` (compiled to PTX by
+//! `build.rs`, loaded once per device by candle) for the custom ops' `cuda_fwd`. Inputs
+//! are contiguous f32 (the ops make them so); outputs are new buffers.
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+use candle_core::{Layout, Result, bail};
+
+/// The kernels' PTX.
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/patchwork_ops.ptx"));
+
+/// The module name candle caches the loaded PTX under.
+const MODULE: &str = "patchwork_ops";
+
+/// Threads of an element-wise launch's blocks.
+const ELEMENTWISE_THREADS: u32 = 256;
+
+/// Rows of one chunk of the column-sum kernels' first stage.
+const ROWS_PER_CHUNK: usize = 64;
+
+/// The contiguous f32 data of a CUDA storage and its layout.
+pub(super) fn view<'a>(
+    storage: &'a CudaStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, f32>> {
+    let slice = storage.as_cuda_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(slice.slice(start..end)),
+        None => bail!("{what} should be contiguous"),
+    }
+}
+
+/// Wraps a result buffer as a storage of `dev`.
+pub(super) fn storage(slice: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage::wrap_cuda_slice(slice, dev.clone())
+}
+
+/// An uninitialised buffer of `len` floats that a kernel fills completely.
+fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
+    // SAFETY: every caller launches a kernel that writes each of the `len` elements
+    // before the buffer is read.
+    unsafe { dev.alloc::<f32>(len.max(1)) }
+}
+
+/// Length as the kernels' `int`, refusing tensors too large for it.
+fn int(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("{what} {n} exceeds i32")))
+}
+
+/// One block per row: threads a multiple of 32 covering the row, at most 1024.
+fn row_config(rows: usize, d: usize) -> Result<LaunchConfig> {
+    let threads = d.next_multiple_of(32).clamp(32, 1024) as u32;
+    Ok(LaunchConfig {
+        grid_dim: (
+            u32::try_from(rows.max(1))
+                .map_err(|_| candle_core::Error::Msg(format!("{rows} rows exceed a grid")))?,
+            1,
+            1,
+        ),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// A grid-stride launch over `n` elements.
+fn elementwise_config(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ELEMENTWISE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Softmax (or log-softmax) of each row of `d` elements.
+pub(super) fn softmax(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    d: usize,
+    log: bool,
+) -> Result<CudaSlice<f32>> {
+    let n = x.len();
+    let rows = n / d.max(1);
+    let y = output(dev, n)?;
+    let (rows_i, d_i, log_i) = (int(rows, "rows")?, int(d, "row length")?, i32::from(log));
+    let func = dev.get_or_load_custom_func("pw_softmax_fwd", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(x).arg(&y).arg(&rows_i).arg(&d_i).arg(&log_i);
+    // SAFETY: the arguments match the kernel's signature; `x` and `y` hold rows × d floats.
+    unsafe { b.launch(row_config(rows, d)?) }.w()?;
+    Ok(y)
+}
+
+/// Backward of [`softmax`] from its output `y` and the output gradient `g`.
+pub(super) fn softmax_bwd(
+    dev: &CudaDevice,
+    y: &CudaView<'_, f32>,
+    g: &CudaView<'_, f32>,
+    d: usize,
+    log: bool,
+) -> Result<CudaSlice<f32>> {
+    let n = y.len();
+    let rows = n / d.max(1);
+    let dx = output(dev, n)?;
+    let (rows_i, d_i, log_i) = (int(rows, "rows")?, int(d, "row length")?, i32::from(log));
+    let func = dev.get_or_load_custom_func("pw_softmax_bwd", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(y).arg(g).arg(&dx).arg(&rows_i).arg(&d_i).arg(&log_i);
+    // SAFETY: as in `softmax`; `g` has the length of `y`.
+    unsafe { b.launch(row_config(rows, d)?) }.w()?;
+    Ok(dx)
+}
+
+/// Layer norm of each row of `w.len()` elements.
+pub(super) fn layer_norm(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    w: &CudaView<'_, f32>,
+    bias: &CudaView<'_, f32>,
+    eps: f32,
+) -> Result<CudaSlice<f32>> {
+    let (n, d) = (x.len(), w.len());
+    let rows = n / d.max(1);
+    let y = output(dev, n)?;
+    let (rows_i, d_i) = (int(rows, "rows")?, int(d, "row length")?);
+    let func = dev.get_or_load_custom_func("pw_layer_norm_fwd", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(x)
+        .arg(w)
+        .arg(bias)
+        .arg(&y)
+        .arg(&rows_i)
+        .arg(&d_i)
+        .arg(&eps);
+    // SAFETY: the arguments match the kernel; `w` and `bias` hold d floats.
+    unsafe { b.launch(row_config(rows, d)?) }.w()?;
+    Ok(y)
+}
+
+/// Backward of [`layer_norm`]: `(rows + 2) × d` floats, the `dx` rows then the weight
+/// and bias gradients (the CPU kernel's packing).
+pub(super) fn layer_norm_bwd(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    w: &CudaView<'_, f32>,
+    g: &CudaView<'_, f32>,
+    eps: f32,
+) -> Result<CudaSlice<f32>> {
+    let (n, d) = (x.len(), w.len());
+    let rows = n / d.max(1);
+    let mut packed = output(dev, n + 2 * d)?;
+    let gxhat = output(dev, n)?;
+    let (rows_i, d_i) = (int(rows, "rows")?, int(d, "row length")?);
+    {
+        let func = dev.get_or_load_custom_func("pw_layer_norm_bwd", MODULE, PTX)?;
+        let mut dx = packed.slice_mut(0..n);
+        let mut b = func.builder();
+        b.arg(x)
+            .arg(w)
+            .arg(g)
+            .arg(&mut dx)
+            .arg(&gxhat)
+            .arg(&rows_i)
+            .arg(&d_i)
+            .arg(&eps);
+        // SAFETY: the arguments match the kernel; `dx` and `gxhat` hold rows × d floats.
+        unsafe { b.launch(row_config(rows, d)?) }.w()?;
+    }
+    column_sums_into(dev, &gxhat.slice(0..n), rows, d, &mut packed, n)?;
+    column_sums_into(dev, g, rows, d, &mut packed, n + d)?;
+    Ok(packed)
+}
+
+/// Exact GELU, element-wise.
+pub(super) fn gelu(dev: &CudaDevice, x: &CudaView<'_, f32>) -> Result<CudaSlice<f32>> {
+    let n = x.len();
+    let y = output(dev, n)?;
+    let n_i = n as i64;
+    let func = dev.get_or_load_custom_func("pw_gelu_fwd", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(x).arg(&y).arg(&n_i);
+    // SAFETY: the arguments match the kernel; both buffers hold n floats.
+    unsafe { b.launch(elementwise_config(n)) }.w()?;
+    Ok(y)
+}
+
+/// GELU backward from the input `x` and the output gradient `g`.
+pub(super) fn gelu_bwd(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    g: &CudaView<'_, f32>,
+) -> Result<CudaSlice<f32>> {
+    let n = x.len();
+    let dx = output(dev, n)?;
+    let n_i = n as i64;
+    let func = dev.get_or_load_custom_func("pw_gelu_bwd", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(x).arg(g).arg(&dx).arg(&n_i);
+    // SAFETY: the arguments match the kernel; all three buffers hold n floats.
+    unsafe { b.launch(elementwise_config(n)) }.w()?;
+    Ok(dx)
+}
+
+/// `x + bias` with `bias` (length `d`) broadcast over the rows of `x`.
+pub(super) fn add_bias(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    bias: &CudaView<'_, f32>,
+) -> Result<CudaSlice<f32>> {
+    let (n, d) = (x.len(), bias.len());
+    let y = output(dev, n)?;
+    let (n_i, d_i) = (n as i64, int(d.max(1), "row length")?);
+    let func = dev.get_or_load_custom_func("pw_add_bias", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(x).arg(bias).arg(&y).arg(&n_i).arg(&d_i);
+    // SAFETY: the arguments match the kernel; `bias` holds d floats.
+    unsafe { b.launch(elementwise_config(n)) }.w()?;
+    Ok(y)
+}
+
+/// Column sums of `a` (`rows` × `d`).
+pub(super) fn column_sums(
+    dev: &CudaDevice,
+    a: &CudaView<'_, f32>,
+    d: usize,
+) -> Result<CudaSlice<f32>> {
+    let rows = a.len() / d.max(1);
+    let mut out = output(dev, d)?;
+    column_sums_into(dev, a, rows, d, &mut out, 0)?;
+    Ok(out)
+}
+
+/// Writes the column sums of `a` (`rows` × `d`) to `out[offset..offset + d]`, in two
+/// deterministic stages (fixed row chunks, then the chunks in order).
+fn column_sums_into(
+    dev: &CudaDevice,
+    a: &CudaView<'_, f32>,
+    rows: usize,
+    d: usize,
+    out: &mut CudaSlice<f32>,
+    offset: usize,
+) -> Result<()> {
+    if d == 0 {
+        return Ok(());
+    }
+    let chunks = rows.div_ceil(ROWS_PER_CHUNK).max(1);
+    let partial = output(dev, chunks * d)?;
+    let (rows_i, d_i, per_i, chunks_i) = (
+        int(rows, "rows")?,
+        int(d, "row length")?,
+        int(ROWS_PER_CHUNK, "chunk")?,
+        int(chunks, "chunks")?,
+    );
+    let column_blocks = d.div_ceil(ELEMENTWISE_THREADS as usize) as u32;
+    let first = dev.get_or_load_custom_func("pw_column_partials", MODULE, PTX)?;
+    let mut b = first.builder();
+    b.arg(a).arg(&partial).arg(&rows_i).arg(&d_i).arg(&per_i);
+    let config = LaunchConfig {
+        grid_dim: (
+            column_blocks,
+            u32::try_from(chunks)
+                .map_err(|_| candle_core::Error::Msg(format!("{chunks} chunks exceed a grid")))?,
+            1,
+        ),
+        block_dim: (ELEMENTWISE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match the kernel; `partial` holds chunks × d floats, every
+    // one written (an empty chunk writes 0).
+    unsafe { b.launch(config) }.w()?;
+    let second = dev.get_or_load_custom_func("pw_column_finish", MODULE, PTX)?;
+    let mut target = out.slice_mut(offset..offset + d);
+    let mut b = second.builder();
+    b.arg(&partial).arg(&mut target).arg(&chunks_i).arg(&d_i);
+    let config = LaunchConfig {
+        grid_dim: (column_blocks, 1, 1),
+        block_dim: (ELEMENTWISE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match the kernel; `target` holds d floats.
+    unsafe { b.launch(config) }.w()?;
+    Ok(())
+}
