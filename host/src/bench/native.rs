@@ -384,7 +384,7 @@ fn attention(w: &Weights, name: &str, x: &Tensor, heads: usize) -> Result<Tensor
         .reshape((b, n, 3, heads, hd))?
         .permute((2, 0, 3, 1, 4))?; // (3, B, heads, N, hd)
     let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-    let (out, _) = nn_ops::attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?;
+    let (out, _) = nn_ops::attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), false)?;
     let out = out.transpose(1, 2)?.reshape((b, n, d))?;
     linear(w, &format!("{name}.proj"), &out)
 }

@@ -335,13 +335,12 @@ extern "C" fn attention(
 ) -> RResult<AttentionOut, AbiError> {
     run(|| {
         let (q, k, v) = (t(q)?, t(k)?, t(v)?);
-        let (o, p) = nn_ops::attention(&q, &k, &v, scale).map_err(host_err)?;
+        let (o, p) = nn_ops::attention(&q, &k, &v, scale, want).map_err(host_err)?;
         Ok(AttentionOut {
             out: registry::insert(o),
-            probs: if want {
-                ROption::RSome(registry::insert(p))
-            } else {
-                ROption::RNone
+            probs: match p {
+                Some(p) => ROption::RSome(registry::insert(p)),
+                None => ROption::RNone,
             },
         })
     })

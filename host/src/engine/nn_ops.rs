@@ -1,6 +1,6 @@
 //! Composite nn ops the op table offers: convolution (with a fast path for patch
-//! embeddings) and attention built on the fused softmax; their matrix products go
-//! through [`super::autocast`].
+//! embeddings) and attention (the fused op, or composed ops when the probabilities are
+//! wanted); their matrix products go through [`super::autocast`].
 
 use candle_core::{Result, Tensor};
 
@@ -35,13 +35,22 @@ pub fn conv2d(
     }
 }
 
-/// `softmax(q·kᵀ·scale)·v` over `(B, H, N, hd)`; returns the output and the
-/// probabilities `(B, H, N, N)`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
-    let logits = (autocast::matmul(&q.contiguous()?, &k.contiguous()?.t()?)? * scale)?;
-    let probs = ops::softmax_last_dim(&logits)?;
-    let out = autocast::matmul(&probs, &v.contiguous()?)?;
-    Ok((out, probs))
+/// `softmax(q·kᵀ·scale)·v` over `(B, H, N, hd)`; with `want_probs`, also the
+/// probabilities `(B, H, N, N)` (composed ops then, which keep them; otherwise the
+/// fused [`ops::attention`]).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    want_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    if want_probs {
+        let (out, probs) = ops::attention_composed(q, k, v, scale)?;
+        Ok((out, Some(probs)))
+    } else {
+        Ok((ops::attention(q, k, v, scale)?, None))
+    }
 }
 
 #[cfg(test)]

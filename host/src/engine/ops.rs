@@ -14,6 +14,7 @@
 //! CPU kernels split rows across candle's own worker pool
 //! ([`candle_core::utils::barrier_pool`]) once a tensor is large enough to pay for it.
 
+mod attention;
 mod bias;
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -21,6 +22,7 @@ mod gelu;
 mod layer_norm;
 mod softmax;
 
+pub use attention::{attention, composed as attention_composed};
 pub use bias::broadcast_add;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
