@@ -192,7 +192,8 @@ fn exp_neg(x: f32) -> f32 {
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // n is in [-126, 0], so n + 127 is a valid biased exponent.
     let n_int = (t.to_bits() as i32).wrapping_sub(SHIFTER_BITS);
-    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    // Wrapping: no overflow check (debug builds check `+`), so loops over it vectorise.
+    let scale = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
     if x < -87.0 { 0.0 } else { p * scale }
 }
 
