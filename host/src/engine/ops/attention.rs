@@ -210,12 +210,25 @@ impl<'a> Heads<'a> {
     }
 }
 
-/// `(B, H, N, hd)` of an attention input layout.
-fn dims4(layout: &Layout) -> Result<(usize, usize, usize, usize)> {
-    match *layout.dims() {
-        [b, h, n, hd] => Ok((b, h, n, hd)),
+/// `(B, H, N, hd)`.
+type Dims = (usize, usize, usize, usize);
+
+/// `(B, H, N, hd)` and the q, k, v views of a kernel's three inputs.
+fn inputs<'a>(
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> Result<(Dims, [Heads<'a>; 3])> {
+    let dims = match *l1.dims() {
+        [b, h, n, hd] => (b, h, n, hd),
         ref other => bail!("attention expects (B, H, N, hd) inputs, got {other:?}"),
-    }
+    };
+    let heads = [
+        Heads::new(s1, l1, "q")?,
+        Heads::new(s2, l2, "k")?,
+        Heads::new(s3, l3, "v")?,
+    ];
+    Ok((dims, heads))
 }
 
 /// Forward kernel: inputs q, k, v `(B, H, N, hd)`; output `(B, N, H, hd)`.
@@ -238,12 +251,7 @@ impl CustomOp3 for Attention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _span = crate::engine::profile::span("attention fwd");
-        let (b, h, n, hd) = dims4(l1)?;
-        let (q, k, v) = (
-            Heads::new(s1, l1, "q")?,
-            Heads::new(s2, l2, "k")?,
-            Heads::new(s3, l3, "v")?,
-        );
+        let ((b, h, n, hd), [q, k, v]) = inputs((s1, l1), (s2, l2), (s3, l3))?;
         let image = n * h * hd;
         let scale = self.scale;
         let mut out = vec![0f32; b * image];
@@ -314,12 +322,7 @@ impl CustomOp3 for AttentionBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _span = crate::engine::profile::span("attention bwd");
-        let (b, h, n, hd) = dims4(l1)?;
-        let (q, k, v) = (
-            Heads::new(s1, l1, "q")?,
-            Heads::new(s2, l2, "k")?,
-            Heads::new(s3, l3, "v")?,
-        );
+        let ((b, h, n, hd), [q, k, v]) = inputs((s1, l1), (s2, l2), (s3, l3))?;
         let (g_storage, g_layout) = self.grad.storage_and_layout();
         let Storage::Cpu(g_cpu) = &*g_storage else {
             bail!("attention backward: the output gradient is not on the CPU");

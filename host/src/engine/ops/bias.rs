@@ -62,15 +62,18 @@ impl CustomOp2 for AddBias {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dev = &s1.device;
-        let x = super::cuda::view(s1, l1, "add_bias input")?;
-        let b = super::cuda::view(s2, l2, "add_bias bias")?;
         let d = last_dim(l1);
-        if b.len() != d {
-            candle_core::bail!("add_bias: bias length {} should be {d}", b.len());
-        }
-        let y = super::cuda::add_bias(dev, &x, &b)?;
-        Ok((super::cuda::storage(y, dev), l1.shape().clone()))
+        super::cuda::run2(
+            (s1, l1),
+            (s2, l2),
+            ["add_bias input", "add_bias bias"],
+            |dev, x, b| {
+                if b.len() != d {
+                    candle_core::bail!("add_bias: bias length {} should be {d}", b.len());
+                }
+                super::cuda::add_bias(dev, x, b)
+            },
+        )
     }
 
     fn bwd(
@@ -136,11 +139,14 @@ impl CustomOp1 for ColumnSum {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dev = &storage.device;
-        let g = super::cuda::view(storage, layout, "add_bias output gradient")?;
         let d = last_dim(layout);
-        let sums = super::cuda::column_sums(dev, &g, d)?;
-        Ok((super::cuda::storage(sums, dev), Shape::from(d)))
+        super::cuda::run1(
+            storage,
+            layout,
+            "add_bias output gradient",
+            Shape::from(d),
+            |dev, g| super::cuda::column_sums(dev, g, d),
+        )
     }
 }
 

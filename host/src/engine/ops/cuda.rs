@@ -4,7 +4,7 @@
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
-use candle_core::{Layout, Result, bail};
+use candle_core::{Layout, Result, Shape, bail};
 
 /// The kernels' PTX.
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/patchwork_ops.ptx"));
@@ -34,6 +34,38 @@ pub(super) fn view<'a>(
 /// Wraps a result buffer as a storage of `dev`.
 pub(super) fn storage(slice: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(slice, dev.clone())
+}
+
+/// A custom op's `cuda_fwd` on one input: `kernel` on its data, the result of `shape`.
+pub(super) fn run1(
+    s: &CudaStorage,
+    l: &Layout,
+    what: &str,
+    shape: Shape,
+    kernel: impl FnOnce(&CudaDevice, &CudaView<'_, f32>) -> Result<CudaSlice<f32>>,
+) -> Result<(CudaStorage, Shape)> {
+    let out = kernel(&s.device, &view(s, l, what)?)?;
+    Ok((storage(out, &s.device), shape))
+}
+
+/// A custom op's `cuda_fwd` on two inputs: `kernel` on their data, the result shaped as
+/// the first input.
+pub(super) fn run2(
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    what: [&str; 2],
+    kernel: impl FnOnce(&CudaDevice, &CudaView<'_, f32>, &CudaView<'_, f32>) -> Result<CudaSlice<f32>>,
+) -> Result<(CudaStorage, Shape)> {
+    let out = kernel(&s1.device, &view(s1, l1, what[0])?, &view(s2, l2, what[1])?)?;
+    Ok((storage(out, &s1.device), l1.shape().clone()))
+}
+
+/// Refuses a gradient whose length is not its input's.
+fn same_length(what: &str, input: usize, grad: usize) -> Result<()> {
+    if input != grad {
+        bail!("{what} backward: gradient length {grad} should be {input}");
+    }
+    Ok(())
 }
 
 /// An uninitialised buffer of `len` floats that a kernel fills completely.
@@ -100,6 +132,7 @@ pub(super) fn softmax_bwd(
     d: usize,
     log: bool,
 ) -> Result<CudaSlice<f32>> {
+    same_length("softmax", y.len(), g.len())?;
     let n = y.len();
     let rows = n / d.max(1);
     let dx = output(dev, n)?;
@@ -191,6 +224,7 @@ pub(super) fn gelu_bwd(
     x: &CudaView<'_, f32>,
     g: &CudaView<'_, f32>,
 ) -> Result<CudaSlice<f32>> {
+    same_length("gelu", x.len(), g.len())?;
     let n = x.len();
     let dx = output(dev, n)?;
     let n_i = n as i64;
@@ -209,6 +243,9 @@ pub(super) fn add_bias(
     bias: &CudaView<'_, f32>,
 ) -> Result<CudaSlice<f32>> {
     let (n, d) = (x.len(), bias.len());
+    if d == 0 || n % d != 0 {
+        bail!("add_bias: bias length {d} does not divide the input's {n} elements");
+    }
     let y = output(dev, n)?;
     let (n_i, d_i) = (n as i64, int(d.max(1), "row length")?);
     let func = dev.get_or_load_custom_func("pw_add_bias", MODULE, PTX)?;

@@ -81,10 +81,13 @@ impl CustomOp1 for Gelu {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dev = &storage.device;
-        let x = super::cuda::view(storage, layout, "gelu input")?;
-        let y = super::cuda::gelu(dev, &x)?;
-        Ok((super::cuda::storage(y, dev), layout.shape().clone()))
+        super::cuda::run1(
+            storage,
+            layout,
+            "gelu input",
+            layout.shape().clone(),
+            super::cuda::gelu,
+        )
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -138,18 +141,12 @@ impl CustomOp2 for GeluBwd {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dev = &s1.device;
-        let x = super::cuda::view(s1, l1, "gelu input")?;
-        let g = super::cuda::view(s2, l2, "gelu output gradient")?;
-        if x.len() != g.len() {
-            candle_core::bail!(
-                "gelu backward: gradient length {} should be {}",
-                g.len(),
-                x.len()
-            );
-        }
-        let dx = super::cuda::gelu_bwd(dev, &x, &g)?;
-        Ok((super::cuda::storage(dx, dev), l1.shape().clone()))
+        super::cuda::run2(
+            (s1, l1),
+            (s2, l2),
+            ["gelu input", "gelu output gradient"],
+            super::cuda::gelu_bwd,
+        )
     }
 }
 

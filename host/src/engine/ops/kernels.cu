@@ -47,6 +47,22 @@ __device__ float block_max(float v, float *scratch) {
     return v;
 }
 
+// Mean and reciprocal standard deviation (biased variance, `eps` added) of a row of
+// `d` elements, read by the whole block; every thread gets both.
+__device__ void row_moments(const float *xr, int d, float eps, float *scratch, float *mean,
+                            float *rstd) {
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) s += xr[j];
+    const float m = block_sum(s, scratch) / d;
+    float q = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        const float t = xr[j] - m;
+        q += t * t;
+    }
+    *mean = m;
+    *rstd = rsqrtf(block_sum(q, scratch) / d + eps);
+}
+
 }  // namespace
 
 // Softmax (`log == 0`) or log-softmax (`log != 0`) of each row of `x` (`rows` × `d`).
@@ -97,15 +113,8 @@ extern "C" __global__ void pw_layer_norm_fwd(const float *x, const float *w, con
     if (row >= rows) return;
     const float *xr = x + (size_t)row * d;
     float *yr = y + (size_t)row * d;
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) s += xr[j];
-    const float mean = block_sum(s, scratch) / d;
-    float q = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-        const float t = xr[j] - mean;
-        q += t * t;
-    }
-    const float rstd = rsqrtf(block_sum(q, scratch) / d + eps);
+    float mean, rstd;
+    row_moments(xr, d, eps, scratch, &mean, &rstd);
     for (int j = threadIdx.x; j < d; j += blockDim.x) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
 }
 
@@ -121,15 +130,8 @@ extern "C" __global__ void pw_layer_norm_bwd(const float *x, const float *w, con
     const float *gr = g + (size_t)row * d;
     float *dr = dx + (size_t)row * d;
     float *hr = gxhat + (size_t)row * d;
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) s += xr[j];
-    const float mean = block_sum(s, scratch) / d;
-    float q = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-        const float t = xr[j] - mean;
-        q += t * t;
-    }
-    const float rstd = rsqrtf(block_sum(q, scratch) / d + eps);
+    float mean, rstd;
+    row_moments(xr, d, eps, scratch, &mean, &rstd);
     // mean(g * w) and mean(g * w * x_hat) over the row.
     float a = 0.0f, c = 0.0f;
     for (int j = threadIdx.x; j < d; j += blockDim.x) {

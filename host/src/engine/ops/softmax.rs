@@ -95,10 +95,14 @@ impl CustomOp1 for Softmax {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dev = &storage.device;
-        let x = super::cuda::view(storage, layout, "softmax input")?;
-        let y = super::cuda::softmax(dev, &x, last_dim(layout), self.log)?;
-        Ok((super::cuda::storage(y, dev), layout.shape().clone()))
+        let d = last_dim(layout);
+        super::cuda::run1(
+            storage,
+            layout,
+            "softmax input",
+            layout.shape().clone(),
+            |dev, x| super::cuda::softmax(dev, x, d, self.log),
+        )
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -175,18 +179,13 @@ impl CustomOp2 for SoftmaxBwd {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dev = &s1.device;
-        let y = super::cuda::view(s1, l1, "softmax output")?;
-        let g = super::cuda::view(s2, l2, "softmax output gradient")?;
-        if y.len() != g.len() {
-            candle_core::bail!(
-                "softmax backward: gradient length {} should be {}",
-                g.len(),
-                y.len()
-            );
-        }
-        let dx = super::cuda::softmax_bwd(dev, &y, &g, last_dim(l1), self.log)?;
-        Ok((super::cuda::storage(dx, dev), l1.shape().clone()))
+        let d = last_dim(l1);
+        super::cuda::run2(
+            (s1, l1),
+            (s2, l2),
+            ["softmax output", "softmax output gradient"],
+            |dev, y, g| super::cuda::softmax_bwd(dev, y, g, d, self.log),
+        )
     }
 }
 
