@@ -9,8 +9,10 @@ per-parameter gradient clipping), as bench/dino.rs runs it through the plugins.
 `--precision bf16` runs forward and loss under torch.autocast(bfloat16), as a session
 with `precision: Bf16` autocasts its matmuls.
 
-Not run by CI (it needs torch). Run it beside the Rust bench on the same machine,
-with the same thread count, in one series:
+Not run by CI (it needs torch; on a machine without it, PyPI's wheel runs on the CPU:
+`python3 -m pip install --target /tmp/torchsite torch`, then `PYTHONPATH=/tmp/torchsite`).
+Run it beside the Rust bench on the same machine, with the same thread count, in one
+series:
 
     RAYON_NUM_THREADS=2 patchwork bench train --models tiny16,tiny4
     python3 benchmarks/pytorch_reference.py --threads 2 --models tiny16,tiny4
