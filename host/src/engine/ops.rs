@@ -63,6 +63,14 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result
     }
 }
 
+/// Refuses a backward kernel's output gradient whose length is not its input's.
+fn same_length(what: &str, input: usize, grad: usize) -> Result<()> {
+    if input != grad {
+        bail!("{what} backward: gradient length {grad} should be {input}");
+    }
+    Ok(())
+}
+
 /// Length of the last dimension of a layout (1 for a scalar).
 fn last_dim(layout: &Layout) -> usize {
     layout.dims().last().copied().unwrap_or(1)

@@ -60,14 +60,6 @@ pub(super) fn run2(
     Ok((storage(out, &s1.device), l1.shape().clone()))
 }
 
-/// Refuses a gradient whose length is not its input's.
-fn same_length(what: &str, input: usize, grad: usize) -> Result<()> {
-    if input != grad {
-        bail!("{what} backward: gradient length {grad} should be {input}");
-    }
-    Ok(())
-}
-
 /// An uninitialised buffer of `len` floats that a kernel fills completely.
 fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
     // SAFETY: every caller launches a kernel that writes each of the `len` elements
@@ -132,7 +124,7 @@ pub(super) fn softmax_bwd(
     d: usize,
     log: bool,
 ) -> Result<CudaSlice<f32>> {
-    same_length("softmax", y.len(), g.len())?;
+    super::same_length("softmax", y.len(), g.len())?;
     let n = y.len();
     let rows = n / d.max(1);
     let dx = output(dev, n)?;
@@ -224,7 +216,7 @@ pub(super) fn gelu_bwd(
     x: &CudaView<'_, f32>,
     g: &CudaView<'_, f32>,
 ) -> Result<CudaSlice<f32>> {
-    same_length("gelu", x.len(), g.len())?;
+    super::same_length("gelu", x.len(), g.len())?;
     let n = x.len();
     let dx = output(dev, n)?;
     let n_i = n as i64;

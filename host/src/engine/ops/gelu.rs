@@ -2,7 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use super::{Route, exp_neg, f32_slice, for_each_row_block, route};
+use super::{Route, exp_neg, f32_slice, for_each_row_block, route, same_length};
 
 /// Elements per "row" handed to the block scheduler (GELU is element-wise).
 const CHUNK: usize = 1024;
@@ -114,13 +114,7 @@ impl CustomOp2 for GeluBwd {
         let _span = crate::engine::profile::span("gelu bwd");
         let x = f32_slice(s1, l1, "gelu input")?;
         let g = f32_slice(s2, l2, "gelu output gradient")?;
-        if x.len() != g.len() {
-            candle_core::bail!(
-                "gelu backward: gradient length {} should be {}",
-                g.len(),
-                x.len()
-            );
-        }
+        same_length("gelu", x.len(), g.len())?;
         let mut dx = vec![0f32; x.len()];
         for_each_row_block(&mut dx, CHUNK, |first, out| {
             let start = first * CHUNK;

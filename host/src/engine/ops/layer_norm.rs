@@ -60,6 +60,24 @@ pub(crate) fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> 
     x_hat.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
+/// Refuses a weight or bias whose length is not the row length `d`.
+fn params_fit(d: usize, w: usize, b: usize) -> Result<()> {
+    if w != d || b != d {
+        bail!("layer_norm weight/bias length {w}/{b} should be {d}");
+    }
+    Ok(())
+}
+
+/// Refuses backward inputs of lengths that do not go together.
+fn backward_inputs_fit(d: usize, x: usize, w: usize, g: usize) -> Result<()> {
+    if w != d || g != x {
+        bail!(
+            "layer_norm backward: weight length {w} should be {d}, gradient length {g} should be {x}"
+        );
+    }
+    Ok(())
+}
+
 /// Mean and reciprocal standard deviation of one row (two passes; the row is in cache).
 #[inline]
 fn moments(row: &[f32], eps: f32) -> (f32, f32) {
@@ -93,13 +111,7 @@ impl CustomOp3 for LayerNorm {
         let w = f32_slice(s2, l2, "layer_norm weight")?;
         let b = f32_slice(s3, l3, "layer_norm bias")?;
         let d = last_dim(l1);
-        if w.len() != d || b.len() != d {
-            bail!(
-                "layer_norm weight/bias length {}/{} should be {d}",
-                w.len(),
-                b.len()
-            );
-        }
+        params_fit(d, w.len(), b.len())?;
         let eps = self.eps;
         let mut y = vec![0f32; x.len()];
         for_each_row_block(&mut y, d, |first_row, out| {
@@ -130,13 +142,7 @@ impl CustomOp3 for LayerNorm {
         let w = super::cuda::view(s2, l2, "layer_norm weight")?;
         let b = super::cuda::view(s3, l3, "layer_norm bias")?;
         let d = last_dim(l1);
-        if w.len() != d || b.len() != d {
-            bail!(
-                "layer_norm weight/bias length {}/{} should be {d}",
-                w.len(),
-                b.len()
-            );
-        }
+        params_fit(d, w.len(), b.len())?;
         let y = super::cuda::layer_norm(dev, &x, &w, &b, self.eps)?;
         Ok((super::cuda::storage(y, dev), l1.shape().clone()))
     }
@@ -186,14 +192,7 @@ impl CustomOp3 for LayerNormBwd {
         let w = f32_slice(s2, l2, "layer_norm weight")?;
         let g = f32_slice(s3, l3, "layer_norm output gradient")?;
         let d = last_dim(l1);
-        if w.len() != d || g.len() != x.len() {
-            bail!(
-                "layer_norm backward: weight length {} should be {d}, gradient length {} should be {}",
-                w.len(),
-                g.len(),
-                x.len()
-            );
-        }
+        backward_inputs_fit(d, x.len(), w.len(), g.len())?;
         let rows = x.len() / d.max(1);
         let eps = self.eps;
         let mut out = vec![0f32; x.len() + 2 * d];
@@ -267,14 +266,7 @@ impl CustomOp3 for LayerNormBwd {
         let w = super::cuda::view(s2, l2, "layer_norm weight")?;
         let g = super::cuda::view(s3, l3, "layer_norm output gradient")?;
         let d = last_dim(l1);
-        if w.len() != d || g.len() != x.len() {
-            bail!(
-                "layer_norm backward: weight length {} should be {d}, gradient length {} should be {}",
-                w.len(),
-                g.len(),
-                x.len()
-            );
-        }
+        backward_inputs_fit(d, x.len(), w.len(), g.len())?;
         let rows = x.len() / d.max(1);
         let packed = super::cuda::layer_norm_bwd(dev, &x, &w, &g, self.eps)?;
         Ok((

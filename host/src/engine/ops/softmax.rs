@@ -2,7 +2,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
 
-use super::{Route, dot8, exp_neg, f32_slice, for_each_row_block, last_dim, max8, route, sum8};
+use super::{
+    Route, dot8, exp_neg, f32_slice, for_each_row_block, last_dim, max8, route, same_length, sum8,
+};
 
 /// Softmax over the last dimension (max-subtracted, so large logits do not overflow).
 ///
@@ -136,13 +138,7 @@ impl CustomOp2 for SoftmaxBwd {
         let _span = crate::engine::profile::span("softmax bwd");
         let y = f32_slice(s1, l1, "softmax output")?;
         let g = f32_slice(s2, l2, "softmax output gradient")?;
-        if y.len() != g.len() {
-            candle_core::bail!(
-                "softmax backward: gradient length {} should be {}",
-                g.len(),
-                y.len()
-            );
-        }
+        same_length("softmax", y.len(), g.len())?;
         let d = last_dim(l1);
         let log = self.log;
         let mut dx = vec![0f32; y.len()];
