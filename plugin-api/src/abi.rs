@@ -7,9 +7,9 @@ mod root;
 
 pub use error::{AbiError, ErrorKind, Location};
 pub use ops::{
-    AttentionOut, BackboneId, BackboneOut, BinaryOp, ConcatOp, CreateOp, DType, ForwardOpts,
-    Geometry, HOST_OP_LEVEL, HostOps, HostOpsRef, IndexOp, Init, InitKind, LayoutOp, ReduceOp,
-    ScalarOp, TensorId, UnaryOp,
+    Activation, AttentionOut, BackboneId, BackboneOut, BinaryOp, ConcatOp, CreateOp, DType,
+    ForwardOpts, Geometry, HOST_OP_LEVEL, HostOps, HostOpsRef, IndexOp, Init, InitKind, LayoutOp,
+    REQUIRED_HOST_LEVEL, ReduceOp, ScalarOp, TensorId, UnaryOp,
 };
 pub use root::{
     BatchAbi, InstanceId, Manifest, Metric, PluginKind, PluginRoot, PluginRootRef, StepInfo,

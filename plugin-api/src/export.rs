@@ -23,8 +23,8 @@ use serde::Serialize;
 use crate::{
     Adaptation, Backbone, Batch, Error, ForwardOptions, ParamScope, PretextTask, Result,
     abi::{
-        AbiError, BackboneOut, BatchAbi, ErrorKind, ForwardOpts, Geometry, HOST_OP_LEVEL,
-        HostOpsRef, InstanceId, Manifest, Metric, PluginKind, PluginRoot, PluginRootRef, StepInfo,
+        AbiError, BackboneOut, BatchAbi, ErrorKind, ForwardOpts, Geometry, HostOpsRef, InstanceId,
+        Manifest, Metric, PluginKind, PluginRoot, PluginRootRef, REQUIRED_HOST_LEVEL, StepInfo,
         StepOut, TensorId, ViewSpec,
     },
     config::{parse_config, to_ron_text},
@@ -108,7 +108,7 @@ pub fn manifest<C: Serialize + Default>(
         version: version.into(),
         description: description.into(),
         default_config: to_ron_text(&C::default()).into(),
-        min_host_level: HOST_OP_LEVEL,
+        min_host_level: REQUIRED_HOST_LEVEL,
         api_version: env!("CARGO_PKG_VERSION").into(),
     }
 }

@@ -6,8 +6,8 @@ use abi_stable::std_types::{ROption, RSlice, RStr};
 use crate::{
     Error, Result,
     abi::{
-        BinaryOp, ConcatOp, CreateOp, DType, HostOpsRef, IndexOp, Init, LayoutOp, ReduceOp,
-        ScalarOp, TensorId, UnaryOp,
+        Activation, AttentionOut, BinaryOp, ConcatOp, CreateOp, DType, HostOpsRef, IndexOp, Init,
+        LayoutOp, ReduceOp, ScalarOp, TensorId, UnaryOp,
     },
     error::lift,
 };
@@ -76,6 +76,15 @@ impl Host {
     /// Takes ownership of a handle the host returned.
     pub fn wrap(&self, id: TensorId) -> Tensor {
         Tensor { id, host: *self }
+    }
+
+    /// The owned tensors of an attention op's answer.
+    fn attention_out(&self, out: AttentionOut) -> (Tensor, Option<Tensor>) {
+        let probs = match out.probs {
+            ROption::RSome(id) => Some(self.wrap(id)),
+            ROption::RNone => None,
+        };
+        (self.wrap(out.out), probs)
     }
 
     /// A new owned handle to a tensor someone else owns.
@@ -671,11 +680,69 @@ impl Tensor {
         probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let out = lift((q.host.ops.attention())(q.id, k.id, v.id, scale, probs))?;
-        let p = match out.probs {
-            ROption::RSome(id) => Some(q.host.wrap(id)),
-            ROption::RNone => None,
+        Ok(q.host.attention_out(out))
+    }
+
+    /// `act(self·Wᵀ + b)` over the last dimension: `self (…, in)`, `weight (out, in)`,
+    /// `bias (out)` → `(…, out)`. One fused host op (level 2); on a level-1 host, the
+    /// same layer from reshape, matmul, bias add and activation.
+    pub fn linear(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        act: Activation,
+    ) -> Result<Tensor> {
+        if let Some(linear) = self.host.ops.linear() {
+            let bias = bias.map_or(ROption::RNone, |b| ROption::RSome(b.id));
+            return self.wrap(linear(self.id, weight.id, bias, act));
+        }
+        let mut dims = self.dims()?;
+        let in_dim = dims.pop().unwrap_or(1);
+        let rows = dims.iter().product();
+        let mut y = self.reshape(&[rows, in_dim])?.matmul(&weight.t()?)?;
+        if let Some(b) = bias {
+            y = y.broadcast_add(b)?;
+        }
+        if act == Activation::GELU {
+            y = y.gelu()?;
+        } else if act != Activation::IDENTITY {
+            return Err(Error::UnknownOp {
+                op: format!("activation {}", act.0),
+                needed: crate::abi::HOST_OP_LEVEL,
+            });
+        }
+        dims.push(weight.dim(0)?);
+        y.reshape(&dims)
+    }
+
+    /// Multi-head self-attention of a packed projection `qkv (B, N, 3·D)` (laid out
+    /// `(B, N, 3, heads, D/heads)`, as DINO's qkv linear makes it): the heads' attended
+    /// values merged back to `(B, N, D)`, and the probabilities `(B, heads, N, N)` when
+    /// asked. One fused host op (level 2) whose gradient reaches `qkv` in one piece; on
+    /// a level-1 host, head views and [`Tensor::attention`].
+    pub fn self_attention(
+        qkv: &Tensor,
+        heads: usize,
+        scale: f64,
+        probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if let Some(attend) = qkv.host.ops.self_attention() {
+            let out = lift(attend(qkv.id, heads, scale, probs))?;
+            return Ok(qkv.host.attention_out(out));
+        }
+        let dims = qkv.dims()?;
+        let &[b, n, d3] = dims.as_slice() else {
+            return Err(Error::msg(format!(
+                "self-attention expects a packed qkv (B, N, 3·D), got {dims:?}"
+            )));
         };
-        Ok((q.host.wrap(out.out), p))
+        let d = d3 / 3;
+        let parts = qkv
+            .reshape(&[b, n, 3, heads, d / heads.max(1)])?
+            .permute(&[2, 0, 3, 1, 4])?;
+        let part = |i: usize| parts.narrow(0, i, 1)?.squeeze(0);
+        let (out, p) = Tensor::attention(&part(0)?, &part(1)?, &part(2)?, scale, probs)?;
+        Ok((out.transpose(1, 2)?.reshape(&[b, n, d])?, p))
     }
 
     // ---- compositions -----------------------------------------------------------

@@ -84,7 +84,7 @@ fn a_plugin_for_a_newer_host_names_both_levels() {
     let listing = list();
     let text = entry(&listing, "patchwork-fixture-needs-newer-host").join("\n");
     assert!(
-        text.contains("needs host op level 99, host provides 1"),
+        text.contains("needs host op level 99, host provides 2"),
         "{listing}"
     );
 }

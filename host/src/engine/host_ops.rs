@@ -12,9 +12,9 @@ use abi_stable::{
 };
 use candle_core::{DType, Tensor};
 use patchwork_plugin_api::abi::{
-    AbiError, AttentionOut, BackboneId, BackboneOut, BinaryOp, ConcatOp, CreateOp, DType as ADType,
-    ErrorKind, ForwardOpts, Geometry, HOST_OP_LEVEL, HostOps, HostOpsRef, IndexOp, Init, LayoutOp,
-    ReduceOp, ScalarOp, TensorId, UnaryOp,
+    AbiError, Activation, AttentionOut, BackboneId, BackboneOut, BinaryOp, ConcatOp, CreateOp,
+    DType as ADType, ErrorKind, ForwardOpts, Geometry, HOST_OP_LEVEL, HostOps, HostOpsRef, IndexOp,
+    Init, LayoutOp, ReduceOp, ScalarOp, TensorId, UnaryOp,
 };
 use std::sync::OnceLock;
 
@@ -335,14 +335,48 @@ extern "C" fn attention(
 ) -> RResult<AttentionOut, AbiError> {
     run(|| {
         let (q, k, v) = (t(q)?, t(k)?, t(v)?);
-        let (o, p) = nn_ops::attention(&q, &k, &v, scale, want).map_err(host_err)?;
-        Ok(AttentionOut {
-            out: registry::insert(o),
-            probs: match p {
-                Some(p) => ROption::RSome(registry::insert(p)),
-                None => ROption::RNone,
-            },
-        })
+        attention_out(nn_ops::attention(&q, &k, &v, scale, want))
+    })
+}
+
+extern "C" fn self_attention(
+    qkv: TensorId,
+    heads: usize,
+    scale: f64,
+    want: bool,
+) -> RResult<AttentionOut, AbiError> {
+    run(|| attention_out(nn_ops::self_attention(&t(qkv)?, heads, scale, want)))
+}
+
+/// An attention op's values and probabilities as registered handles.
+fn attention_out(r: candle_core::Result<(Tensor, Option<Tensor>)>) -> R<AttentionOut> {
+    let (o, p) = r.map_err(host_err)?;
+    Ok(AttentionOut {
+        out: registry::insert(o),
+        probs: match p {
+            Some(p) => ROption::RSome(registry::insert(p)),
+            None => ROption::RNone,
+        },
+    })
+}
+
+extern "C" fn linear(
+    x: TensorId,
+    w: TensorId,
+    b: ROption<TensorId>,
+    act: Activation,
+) -> RResult<TensorId, AbiError> {
+    run(|| {
+        let act = match act {
+            Activation::IDENTITY => ops::Activation::Identity,
+            Activation::GELU => ops::Activation::Gelu,
+            other => return Err(unknown("activation", other.0)),
+        };
+        let bias = match b.into_option() {
+            Some(id) => Some(t(id)?),
+            None => None,
+        };
+        out(ops::linear(&t(x)?, &t(w)?, bias.as_ref(), act))
     })
 }
 
@@ -596,6 +630,8 @@ pub fn table() -> HostOpsRef {
             backbone_geometry,
             log,
             backbone_forward,
+            linear,
+            self_attention,
         }
         .leak_into_prefix()
     })

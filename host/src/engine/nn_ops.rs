@@ -53,6 +53,26 @@ pub fn attention(
     }
 }
 
+/// Multi-head self-attention of a packed `qkv (B, N, 3·D)` to `(B, N, D)`; with
+/// `want_probs`, also the probabilities `(B, H, N, N)` (composed ops on the head views
+/// then; otherwise the fused [`ops::self_attention`]).
+pub fn self_attention(
+    qkv: &Tensor,
+    heads: usize,
+    scale: f64,
+    want_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    if want_probs {
+        let (q, k, v) = ops::split_heads(qkv, heads)?;
+        let (b, n, _) = qkv.dims3()?;
+        let (out, probs) = ops::attention_composed(&q, &k, &v, scale)?;
+        let merged = out.transpose(1, 2)?.reshape((b, n, ()))?;
+        Ok((merged, Some(probs)))
+    } else {
+        Ok((ops::self_attention(qkv, heads, scale)?, None))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};

@@ -20,12 +20,15 @@ mod bias;
 mod cuda;
 mod gelu;
 mod layer_norm;
+mod linear;
+mod matmul;
 mod softmax;
 
-pub use attention::{attention, composed as attention_composed};
+pub use attention::{attention, composed as attention_composed, self_attention, split_heads};
 pub use bias::broadcast_add;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
+pub use linear::{Activation, composed as linear_composed, linear};
 pub use softmax::{log_softmax_last_dim, softmax_last_dim};
 
 use std::sync::{Mutex, PoisonError};

@@ -15,7 +15,12 @@ use abi_stable::{
 use super::AbiError;
 
 /// The op-table level this version of the crate describes.
-pub const HOST_OP_LEVEL: u32 = 1;
+pub const HOST_OP_LEVEL: u32 = 2;
+
+/// The level a plugin built with this crate needs: its level-2 calls (the fused
+/// [`HostOps::linear`] and [`HostOps::self_attention`]) fall back to level-1 ops when
+/// the host's table does not have them.
+pub const REQUIRED_HOST_LEVEL: u32 = 1;
 
 /// A tensor owned by the host. Whoever receives one from a call owns it and must
 /// release it with `tensor_drop` (the safe [`crate::Tensor`] does this on `Drop`).
@@ -112,6 +117,16 @@ op_codes! {
         FLOOR = 17,
         /// x·silu
         SILU = 18,
+    }
+}
+
+op_codes! {
+    /// The activation of the fused linear op (level 2).
+    Activation {
+        /// none: `x·Wᵀ + b`
+        IDENTITY = 0,
+        /// exact (erf) GELU
+        GELU = 1,
     }
 }
 
@@ -406,4 +421,18 @@ pub struct HostOps {
     #[sabi(last_prefix_field)]
     pub backbone_forward:
         extern "C" fn(BackboneId, TensorId, ForwardOpts) -> RResult<BackboneOut, AbiError>,
+    /// Level 2: the fully connected layer `act(x·Wᵀ + b)` over the last dim of
+    /// `x (…, in)` with `weight (out, in)`, as one op: `(x, weight, bias, act)`.
+    pub linear: extern "C" fn(
+        TensorId,
+        TensorId,
+        ROption<TensorId>,
+        Activation,
+    ) -> RResult<TensorId, AbiError>,
+    /// Level 2: multi-head self-attention of a packed projection `qkv (B, N, 3·D)` (laid
+    /// out `(B, N, 3, heads, D/heads)`, as DINO's qkv linear): `(qkv, heads, scale,
+    /// probs)`. `out` is the heads' values merged back to `(B, N, D)`; `probs` as
+    /// [`HostOps::attention`]'s.
+    pub self_attention:
+        extern "C" fn(TensorId, usize, f64, bool) -> RResult<AttentionOut, AbiError>,
 }

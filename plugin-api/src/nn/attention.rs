@@ -26,21 +26,9 @@ impl Attention {
 
     /// `(B, N, D)` → `(B, N, D)`, and `(B, heads, N, N)` probabilities when `want_attn`.
     pub fn forward_attn(&self, xs: &Tensor, want_attn: bool) -> Result<(Tensor, Option<Tensor>)> {
-        let dims = xs.dims()?;
-        let (b, n, d) = (dims[0], dims[1], dims[2]);
-        let hd = d / self.heads;
-        let qkv = xs
-            .apply(&self.qkv)?
-            .reshape(&[b, n, 3, self.heads, hd])?
-            .permute(&[2, 0, 3, 1, 4])?;
-        let q = qkv.narrow(0, 0, 1)?.squeeze(0)?;
-        let k = qkv.narrow(0, 1, 1)?.squeeze(0)?;
-        let v = qkv.narrow(0, 2, 1)?.squeeze(0)?;
-        let (out, probs) = Tensor::attention(&q, &k, &v, self.scale, want_attn)?;
-        let out = out
-            .transpose(1, 2)?
-            .reshape(&[b, n, d])?
-            .apply(&self.proj)?;
+        let qkv = xs.apply(&self.qkv)?;
+        let (out, probs) = Tensor::self_attention(&qkv, self.heads, self.scale, want_attn)?;
+        let out = out.apply(&self.proj)?;
         Ok((out, probs))
     }
 }

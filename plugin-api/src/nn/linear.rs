@@ -1,7 +1,7 @@
 //! Fully connected layer.
 
 use super::Module;
-use crate::{Init, ParamScope, Result, Tensor};
+use crate::{Init, ParamScope, Result, Tensor, abi::Activation};
 
 /// `y = x·Wᵀ + b`, weight `(out, in)` as PyTorch.
 #[derive(Clone, Debug)]
@@ -38,27 +38,16 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `act(x·Wᵀ + b)`: `(…, in)` → `(…, out)`, as one host op.
+    pub fn forward_act(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
+        xs.linear(&self.weight, self.bias.as_ref(), act)
+    }
+}
+
 impl Module for Linear {
     /// `(…, in)` → `(…, out)`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dims = xs.dims()?;
-        let (lead, last) = dims.split_at(dims.len().saturating_sub(1));
-        let rows: usize = lead.iter().product();
-        let out_dim = self.weight.dim(0)?;
-        let flat = if lead.len() == 1 {
-            xs.clone()
-        } else {
-            xs.reshape(&[rows, last[0]])?
-        };
-        let mut ys = flat.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            ys = ys.broadcast_add(b)?;
-        }
-        if lead.len() == 1 {
-            return Ok(ys);
-        }
-        let mut shape = lead.to_vec();
-        shape.push(out_dim);
-        ys.reshape(&shape)
+        self.forward_act(xs, Activation::IDENTITY)
     }
 }

@@ -1,7 +1,7 @@
 //! The transformer MLP: fc1 → GELU → fc2.
 
 use super::{Linear, Module, linear};
-use crate::{ParamScope, Result, Tensor};
+use crate::{ParamScope, Result, Tensor, abi::Activation};
 
 /// `fc1`, `fc2` with GELU between (timm's `Mlp`).
 #[derive(Clone, Debug)]
@@ -21,6 +21,6 @@ pub fn mlp(dim: usize, hidden: usize, scope: ParamScope) -> Result<Mlp> {
 impl Module for Mlp {
     /// `(…, dim)` → `(…, dim)`.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.apply(&self.fc1)?.gelu()?.apply(&self.fc2)
+        self.fc1.forward_act(xs, Activation::GELU)?.apply(&self.fc2)
     }
 }

@@ -1,18 +1,27 @@
 //! Scaled dot-product attention, `softmax(q·kᵀ·scale)·v` over `(B, H, N, hd)`, as one
-//! fused op with backward. The images of the batch are split over the worker pool and
-//! each head's products are single-threaded gemm calls that read q, k and v where they
-//! lie: a ViT's q, k and v are strided views into its qkv projection, and transposes
-//! are strides too, so nothing is copied. The output is stored `(B, N, H, hd)`, the
-//! layout the block's output projection reads, and returned as a `(B, H, N, hd)` view.
+//! fused op with backward, in two forms: on separate q, k, v ([`attention`]) and on a
+//! ViT's packed qkv projection `(B, N, 3·D)` ([`self_attention`]), which takes one
+//! gradient back instead of three that candle would pad and add into the projection's.
+//!
+//! The images of the batch are split over the worker pool and each head's products are
+//! single-threaded gemm calls that read q, k and v where they lie: heads of a packed
+//! projection are strided views, and transposes are strides too, so nothing is copied.
+//! The output is stored `(B, N, H, hd)`, the layout the block's output projection reads
+//! (`(B, N, D)` for [`self_attention`]; seen as `(B, H, N, hd)` for [`attention`]).
 //! candle's batched matmuls instead parallelise inside each small product and copy their
 //! operands, which ran ViT-Tiny/16's attention at about a tenth of the machine's peak.
 //! The backward recomputes the probabilities from `q` and `k` rather than keeping the
 //! `N × N` matrices of every head.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
-use gemm::{Parallelism, gemm};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail,
+};
 
-use super::{Route, dot8, exp_neg, for_each_row_block, max8, route, sum8};
+use super::{
+    Route, dot8, exp_neg, for_each_row_block,
+    matmul::{Operand, product},
+    max8, route, sum8,
+};
 use crate::engine::autocast;
 
 /// `softmax(q·kᵀ·scale)·v` for `q`, `k`, `v` of one shape `(B, H, N, hd)`; gradients flow
@@ -45,6 +54,50 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     }
 }
 
+/// Multi-head self-attention on a packed projection: `qkv (B, N, 3·D)`, laid out as
+/// DINO's `qkv` linear makes it (`(B, N, 3, heads, D/heads)`), to the heads' attended
+/// values merged back to `(B, N, D)`. Gradients flow to `qkv`. The fused CPU op for
+/// f32 (without bf16 autocast); otherwise [`split_heads`] and [`attention`].
+pub fn self_attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (b, n, d) = packed_dims(qkv, heads)?;
+    match route(qkv) {
+        Route::Fused if qkv.device().is_cpu() && !autocast::enabled() => {
+            qkv.contiguous()?.apply_op1(SelfAttention {
+                heads,
+                scale: scale as f32,
+            })
+        }
+        _ => {
+            let (q, k, v) = split_heads(qkv, heads)?;
+            attention(&q, &k, &v, scale)?
+                .transpose(1, 2)?
+                .reshape((b, n, d))
+        }
+    }
+}
+
+/// `(B, N, D)` of a packed `qkv (B, N, 3·D)` whose `D` splits into `heads` heads.
+fn packed_dims(qkv: &Tensor, heads: usize) -> Result<(usize, usize, usize)> {
+    let (b, n, d3) = match *qkv.dims() {
+        [b, n, d3] => (b, n, d3),
+        ref other => bail!("self-attention expects a packed qkv (B, N, 3·D), got {other:?}"),
+    };
+    if heads == 0 || d3 % (3 * heads) != 0 {
+        bail!("self-attention: qkv width {d3} is not 3 × heads ({heads}) × head width");
+    }
+    Ok((b, n, d3 / 3))
+}
+
+/// The `(B, H, N, hd)` views q, k, v of a packed `qkv (B, N, 3·D)`.
+pub fn split_heads(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, n, d) = packed_dims(qkv, heads)?;
+    let parts = qkv
+        .reshape((b, n, 3, heads, d / heads))?
+        .permute((2, 0, 3, 1, 4))?;
+    let part = |i: usize| parts.narrow(0, i, 1)?.squeeze(0);
+    Ok((part(0)?, part(1)?, part(2)?))
+}
+
 /// The composed-op attention (the reference, the fallback, and the path that also
 /// returns the probabilities `(B, H, N, N)`).
 pub fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
@@ -61,100 +114,6 @@ fn unit_rows(t: &Tensor) -> Result<Tensor> {
         Ok(t.clone())
     } else {
         t.contiguous()
-    }
-}
-
-/// A matrix operand: its data from the first element on and the strides of a row and of
-/// a column (a transpose swaps them).
-#[derive(Clone, Copy)]
-struct Operand<'a> {
-    data: &'a [f32],
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> Operand<'a> {
-    /// `data` as a matrix whose rows start `stride` elements apart, columns adjacent.
-    fn rows(data: &'a [f32], stride: usize) -> Self {
-        Self {
-            data,
-            row_stride: stride,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose of [`Operand::rows`]`(data, stride)`.
-    fn transposed(data: &'a [f32], stride: usize) -> Self {
-        Self {
-            data,
-            row_stride: 1,
-            col_stride: stride,
-        }
-    }
-
-    /// Whether a `rows × cols` matrix with these strides lies inside `data`.
-    fn holds(&self, rows: usize, cols: usize) -> bool {
-        rows == 0
-            || cols == 0
-            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
-    }
-}
-
-/// `dst = scale · a·b` for `a` of `m × k` and `b` of `k × n`, `dst` holding `m` rows of
-/// `n` adjacent elements starting `dst_stride` apart; on this thread.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "a gemm call: three shapes, three operands, a scale"
-)]
-fn product(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_stride: usize,
-    a: Operand<'_>,
-    b: Operand<'_>,
-    scale: f32,
-) {
-    let dst_fits = m == 0 || n == 0 || (m - 1) * dst_stride + n <= dst.len();
-    assert!(
-        dst_fits && (m <= 1 || dst_stride >= n) && a.holds(m, k) && b.holds(k, n),
-        "attention product {m}x{k} · {k}x{n} out of bounds"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        for row in 0..m {
-            dst[row * dst_stride..row * dst_stride + n].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: the assertion above keeps every element gemm reads (of `a`, `b`) and
-    // writes (of `dst`) inside the slices; `dst` is exclusively borrowed, so it does not
-    // overlap the shared `a` and `b`.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_stride as isize,
-            false,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
     }
 }
 
@@ -202,6 +161,32 @@ impl<'a> Heads<'a> {
         }
     }
 
+    /// Part `part` (0 q, 1 k, 2 v) of a contiguous packed `(B, N, 3·D)` projection.
+    fn packed(storage: &'a CpuStorage, layout: &Layout, part: usize, hd: usize) -> Result<Self> {
+        let data = storage.as_slice::<f32>()?;
+        match (layout.dims(), layout.contiguous_offsets()) {
+            (&[_, n, d3], Some((start, _))) => Ok(Self {
+                data,
+                start: start + part * d3 / 3,
+                batch_stride: n * d3,
+                head_stride: hd,
+                row_stride: d3,
+            }),
+            (dims, _) => bail!("self-attention: expected a contiguous (B, N, 3·D), got {dims:?}"),
+        }
+    }
+
+    /// A contiguous `(B, N, H, hd)` tensor (the output and its gradient) by heads.
+    fn merged(data: &'a [f32], (_, h, n, hd): Dims) -> Self {
+        Self {
+            data,
+            start: 0,
+            batch_stride: n * h * hd,
+            head_stride: hd,
+            row_stride: h * hd,
+        }
+    }
+
     /// Head `h` of image `b` as an `N × hd` operand.
     fn head(&self, b: usize, h: usize) -> Operand<'a> {
         let offset =
@@ -231,7 +216,135 @@ fn inputs<'a>(
     Ok((dims, heads))
 }
 
-/// Forward kernel: inputs q, k, v `(B, H, N, hd)`; output `(B, N, H, hd)`.
+/// `(B, H, N, hd)` and the q, k, v views of a packed `(B, N, 3·D)` input.
+fn packed_inputs<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    heads: usize,
+) -> Result<(Dims, [Heads<'a>; 3])> {
+    let (b, n, d) = match *layout.dims() {
+        [b, n, d3] if heads > 0 && d3 % (3 * heads) == 0 => (b, n, d3 / 3),
+        ref other => bail!("self-attention: qkv {other:?} does not split into {heads} heads"),
+    };
+    let hd = d / heads;
+    let parts = [
+        Heads::packed(storage, layout, 0, hd)?,
+        Heads::packed(storage, layout, 1, hd)?,
+        Heads::packed(storage, layout, 2, hd)?,
+    ];
+    Ok(((b, heads, n, hd), parts))
+}
+
+/// The forward kernel: `(B, N, H, hd)` attended values of q, k, v.
+fn forward([q, k, v]: &[Heads<'_>; 3], (b, h, n, hd): Dims, scale: f32) -> Vec<f32> {
+    let image = n * h * hd;
+    let mut out = vec![0f32; b * image];
+    for_each_row_block(&mut out, image, |first, block| {
+        let mut p = vec![0f32; n * n];
+        for (i, o) in block.chunks_exact_mut(image).enumerate() {
+            let bi = first + i;
+            for hi in 0..h {
+                probabilities(q.head(bi, hi), k.head(bi, hi), n, hd, scale, &mut p);
+                let dst = &mut o[hi * hd..];
+                product(
+                    n,
+                    hd,
+                    n,
+                    dst,
+                    h * hd,
+                    Operand::rows(&p, n),
+                    v.head(bi, hi),
+                    1.0,
+                );
+            }
+        }
+    });
+    out
+}
+
+/// Where the backward kernel writes dq, dk and dv of one image: `image` elements per
+/// image, each gradient's first row at its offset and rows `row_stride` apart (heads
+/// `hd` apart within a row).
+#[derive(Clone, Copy)]
+struct GradSlots {
+    image: usize,
+    offsets: [usize; 3],
+    row_stride: usize,
+}
+
+impl GradSlots {
+    /// `(B, 3, N, H, hd)`: each image's dq, dk, dv one after the other.
+    fn stacked((_, h, n, hd): Dims) -> Self {
+        let one = n * h * hd;
+        Self {
+            image: 3 * one,
+            offsets: [0, one, 2 * one],
+            row_stride: h * hd,
+        }
+    }
+
+    /// `(B, N, 3·D)`: the layout of the packed projection.
+    fn packed((_, h, n, hd): Dims) -> Self {
+        let d = h * hd;
+        Self {
+            image: 3 * n * d,
+            offsets: [0, d, 2 * d],
+            row_stride: 3 * d,
+        }
+    }
+}
+
+/// The backward kernel, per head with `P` recomputed: `dV = Pᵀ·dO`, `dP = dO·Vᵀ`,
+/// `dS = P ⊙ (dP − rowsum(dP ⊙ P))·scale`, `dQ = dS·K`, `dK = dSᵀ·Q`; written as
+/// `slots` says.
+fn backward(
+    [q, k, v]: &[Heads<'_>; 3],
+    g: &Heads<'_>,
+    (b, h, n, hd): Dims,
+    scale: f32,
+    slots: GradSlots,
+) -> Vec<f32> {
+    let GradSlots {
+        image,
+        offsets: [oq, ok, ov],
+        row_stride: rs,
+    } = slots;
+    let mut grads = vec![0f32; b * image];
+    for_each_row_block(&mut grads, image, |first, block| {
+        let mut p = vec![0f32; n * n];
+        let mut dp = vec![0f32; n * n];
+        for (i, d) in block.chunks_exact_mut(image).enumerate() {
+            let bi = first + i;
+            for hi in 0..h {
+                let (qh, kh, vh, gh) = (
+                    q.head(bi, hi),
+                    k.head(bi, hi),
+                    v.head(bi, hi),
+                    g.head(bi, hi),
+                );
+                let at = hi * hd;
+                probabilities(qh, kh, n, hd, scale, &mut p);
+                let pt = Operand::transposed(&p, n);
+                product(n, hd, n, &mut d[ov + at..], rs, pt, gh, 1.0);
+                let vt = Operand::transposed(vh.data, vh.row_stride);
+                product(n, n, hd, &mut dp, n, gh, vt, 1.0);
+                for (pr, dr) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
+                    let dot = dot8(pr, dr);
+                    for (x, pv) in dr.iter_mut().zip(pr) {
+                        *x = pv * (*x - dot) * scale;
+                    }
+                }
+                let ds = Operand::rows(&dp, n);
+                product(n, hd, n, &mut d[oq + at..], rs, ds, kh, 1.0);
+                let dst = Operand::transposed(&dp, n);
+                product(n, hd, n, &mut d[ok + at..], rs, dst, qh, 1.0);
+            }
+        }
+    });
+    grads
+}
+
+/// Forward op of [`attention`]: inputs q, k, v `(B, H, N, hd)`; output `(B, N, H, hd)`.
 struct Attention {
     scale: f32,
 }
@@ -251,30 +364,9 @@ impl CustomOp3 for Attention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _span = crate::engine::profile::span("attention fwd");
-        let ((b, h, n, hd), [q, k, v]) = inputs((s1, l1), (s2, l2), (s3, l3))?;
-        let image = n * h * hd;
-        let scale = self.scale;
-        let mut out = vec![0f32; b * image];
-        for_each_row_block(&mut out, image, |first, block| {
-            let mut p = vec![0f32; n * n];
-            for (i, o) in block.chunks_exact_mut(image).enumerate() {
-                let bi = first + i;
-                for hi in 0..h {
-                    probabilities(q.head(bi, hi), k.head(bi, hi), n, hd, scale, &mut p);
-                    let dst = &mut o[hi * hd..];
-                    product(
-                        n,
-                        hd,
-                        n,
-                        dst,
-                        h * hd,
-                        Operand::rows(&p, n),
-                        v.head(bi, hi),
-                        1.0,
-                    );
-                }
-            }
-        });
+        let (dims, qkv) = inputs((s1, l1), (s2, l2), (s3, l3))?;
+        let out = forward(&qkv, dims, self.scale);
+        let (b, h, n, hd) = dims;
         Ok((CpuStorage::F32(out), Shape::from_dims(&[b, n, h, hd])))
     }
 
@@ -299,9 +391,8 @@ impl CustomOp3 for Attention {
     }
 }
 
-/// Backward kernel: inputs q, k, v, and (held) the output gradient `(B, H, N, hd)`;
-/// output `(B, 3, N, H, hd)`. Per head, with `P` recomputed: `dV = Pᵀ·dO`,
-/// `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))·scale`, `dQ = dS·K`, `dK = dSᵀ·Q`.
+/// Backward op of [`attention`]: inputs q, k, v, and (held) the output gradient
+/// `(B, H, N, hd)`; output `(B, 3, N, H, hd)`.
 struct AttentionBwd {
     scale: f32,
     grad: Tensor,
@@ -322,7 +413,7 @@ impl CustomOp3 for AttentionBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _span = crate::engine::profile::span("attention bwd");
-        let ((b, h, n, hd), [q, k, v]) = inputs((s1, l1), (s2, l2), (s3, l3))?;
+        let (dims, qkv) = inputs((s1, l1), (s2, l2), (s3, l3))?;
         let (g_storage, g_layout) = self.grad.storage_and_layout();
         let Storage::Cpu(g_cpu) = &*g_storage else {
             bail!("attention backward: the output gradient is not on the CPU");
@@ -335,51 +426,69 @@ impl CustomOp3 for AttentionBwd {
             );
         }
         let g = Heads::new(g_cpu, g_layout, "output gradient")?;
-        let image = n * h * hd;
-        let scale = self.scale;
-        let mut grads = vec![0f32; b * 3 * image];
-        for_each_row_block(&mut grads, 3 * image, |first, block| {
-            let mut p = vec![0f32; n * n];
-            let mut dp = vec![0f32; n * n];
-            for (i, d) in block.chunks_exact_mut(3 * image).enumerate() {
-                let bi = first + i;
-                let (dq, rest) = d.split_at_mut(image);
-                let (dk, dv) = rest.split_at_mut(image);
-                for hi in 0..h {
-                    let (qh, kh, vh, gh) = (
-                        q.head(bi, hi),
-                        k.head(bi, hi),
-                        v.head(bi, hi),
-                        g.head(bi, hi),
-                    );
-                    let rs = h * hd;
-                    probabilities(qh, kh, n, hd, scale, &mut p);
-                    let pt = Operand::transposed(&p, n);
-                    product(n, hd, n, &mut dv[hi * hd..], rs, pt, gh, 1.0);
-                    let vt = Operand::transposed(vh.data, vh.row_stride);
-                    product(n, n, hd, &mut dp, n, gh, vt, 1.0);
-                    for (pr, dr) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
-                        let dot = dot8(pr, dr);
-                        for (x, pv) in dr.iter_mut().zip(pr) {
-                            *x = pv * (*x - dot) * scale;
-                        }
-                    }
-                    product(
-                        n,
-                        hd,
-                        n,
-                        &mut dq[hi * hd..],
-                        rs,
-                        Operand::rows(&dp, n),
-                        kh,
-                        1.0,
-                    );
-                    let dst = Operand::transposed(&dp, n);
-                    product(n, hd, n, &mut dk[hi * hd..], rs, dst, qh, 1.0);
-                }
-            }
-        });
+        let grads = backward(&qkv, &g, dims, self.scale, GradSlots::stacked(dims));
+        let (b, h, n, hd) = dims;
         Ok((CpuStorage::F32(grads), Shape::from_dims(&[b, 3, n, h, hd])))
+    }
+}
+
+/// Forward op of [`self_attention`]: input a contiguous `qkv (B, N, 3·D)`, output
+/// `(B, N, D)`.
+struct SelfAttention {
+    heads: usize,
+    scale: f32,
+}
+
+impl CustomOp1 for SelfAttention {
+    fn name(&self) -> &'static str {
+        "patchwork-self-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::engine::profile::span("attention fwd");
+        let (dims, qkv) = packed_inputs(storage, layout, self.heads)?;
+        let out = forward(&qkv, dims, self.scale);
+        let (b, h, n, hd) = dims;
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[b, n, h * hd])))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad_res.contiguous()?;
+        let op = SelfAttentionBwd {
+            heads: self.heads,
+            scale: self.scale,
+        };
+        Ok(Some(qkv.apply_op2_no_bwd(&grad, &op)?))
+    }
+}
+
+/// Backward op of [`self_attention`]: inputs `qkv (B, N, 3·D)` and the output gradient
+/// `(B, N, D)`, both contiguous; output the gradient of `qkv`.
+struct SelfAttentionBwd {
+    heads: usize,
+    scale: f32,
+}
+
+impl CustomOp2 for SelfAttentionBwd {
+    fn name(&self) -> &'static str {
+        "patchwork-self-attention-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::engine::profile::span("attention bwd");
+        let (dims, qkv) = packed_inputs(s1, l1, self.heads)?;
+        let (b, h, n, hd) = dims;
+        let g = super::f32_slice(s2, l2, "self-attention output gradient")?;
+        super::same_length("self-attention", b * n * h * hd, g.len())?;
+        let g = Heads::merged(g, dims);
+        let grads = backward(&qkv, &g, dims, self.scale, GradSlots::packed(dims));
+        Ok((CpuStorage::F32(grads), l1.shape().clone()))
     }
 }
 
@@ -482,33 +591,50 @@ mod tests {
         Ok(())
     }
 
+    /// The packed op against [`split_heads`] and the composed reference, forward and
+    /// the gradient of the projection.
+    fn check_packed(b: usize, n: usize, heads: usize, hd: usize, seed: u64) -> Result<()> {
+        let dev = &Device::Cpu;
+        let d = heads * hd;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let x = Var::from_tensor(&randn(seed, &[b, n, 3 * d], 1.2, 0.1, dev)?)?;
+        let y = self_attention(&x, heads, scale)?;
+        let (q, k, v) = split_heads(&x, heads)?;
+        let y_ref = composed(&q, &k, &v, scale)?
+            .0
+            .transpose(1, 2)?
+            .reshape((b, n, d))?;
+        let what = format!("packed {b}x{n}x{heads}x{hd}");
+        assert_close(&y, &y_ref, 1e-5, &format!("{what} forward"));
+        let r = randn(seed + 1, &[b, n, d], 1.0, 0.0, dev)?;
+        let g = (&y * &r)?.sum_all()?.backward()?;
+        let g_ref = (&y_ref * &r)?.sum_all()?.backward()?;
+        let (got, want) = (
+            g.get(&x).expect("fused grad"),
+            g_ref.get(&x).expect("reference grad"),
+        );
+        assert_close(got, want, 1e-5, &format!("{what} backward"));
+        Ok(())
+    }
+
     #[test]
-    fn products_by_hand() {
-        // [[1, 2], [3, 4]] · [[5, 6], [7, 8]] and the same with the left transposed.
-        let a = [1.0f32, 2.0, 3.0, 4.0];
-        let b = [5.0f32, 6.0, 7.0, 8.0];
-        let mut out = [0f32; 4];
-        product(
-            2,
-            2,
-            2,
-            &mut out,
-            2,
-            Operand::rows(&a, 2),
-            Operand::rows(&b, 2),
-            1.0,
-        );
-        assert_eq!(out, [19.0, 22.0, 43.0, 50.0]);
-        product(
-            2,
-            2,
-            2,
-            &mut out,
-            2,
-            Operand::transposed(&a, 2),
-            Operand::rows(&b, 2),
-            0.5,
-        );
-        assert_eq!(out, [13.0, 15.0, 19.0, 22.0]);
+    fn packed_projection_matches_composed_on_odd_shapes() -> Result<()> {
+        check_packed(1, 1, 1, 1, 60)?;
+        check_packed(1, 9, 1, 8, 61)?;
+        check_packed(2, 5, 3, 7, 62)?;
+        check_packed(3, 17, 2, 9, 63)?;
+        check_packed(2, 65, 3, 64, 64)?;
+        check_packed(1, 197, 2, 16, 65)?;
+        Ok(())
+    }
+
+    #[test]
+    fn packed_projection_refuses_bad_widths() -> Result<()> {
+        let x = Tensor::zeros((2, 4, 10), candle_core::DType::F32, &Device::Cpu)?;
+        let err = self_attention(&x, 2, 1.0).expect_err("10 is not 3 x 2 x hd");
+        assert!(err.to_string().contains("not 3 × heads (2)"), "{err}");
+        let x = Tensor::zeros((2, 12), candle_core::DType::F32, &Device::Cpu)?;
+        assert!(self_attention(&x, 2, 1.0).is_err());
+        Ok(())
     }
 }

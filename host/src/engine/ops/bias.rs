@@ -96,7 +96,7 @@ impl CustomOp2 for AddBias {
 /// Sums of the columns of `g`, rows of `d` elements: one row of partial sums per
 /// fixed block of rows, the partials filled in parallel by [`for_each_row_block`],
 /// then added in order, so the result does not depend on the thread count.
-fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
+pub(super) fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
     let d = d.max(1);
     let rows = g.len() / d;
     let per_block = rows_per_block(d);

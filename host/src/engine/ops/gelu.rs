@@ -53,6 +53,19 @@ fn phi_cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf_fast(x * FRAC_1_SQRT_2))
 }
 
+/// `gelu(x) = x·Φ(x)`.
+#[inline]
+pub(super) fn gelu_value(x: f32) -> f32 {
+    x * phi_cdf(x)
+}
+
+/// `gelu'(x) = Φ(x) + x·φ(x)`.
+#[inline]
+pub(super) fn gelu_slope(x: f32) -> f32 {
+    let pdf = FRAC_1_SQRT_2PI * exp_neg(-0.5 * x * x);
+    phi_cdf(x) + x * pdf
+}
+
 /// Forward CPU kernel.
 struct Gelu;
 
@@ -69,7 +82,7 @@ impl CustomOp1 for Gelu {
             let start = first * CHUNK;
             let end = start + out.len();
             for (yv, xv) in out.iter_mut().zip(&x[start..end]) {
-                *yv = xv * phi_cdf(*xv);
+                *yv = gelu_value(*xv);
             }
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
@@ -120,8 +133,7 @@ impl CustomOp2 for GeluBwd {
             let start = first * CHUNK;
             let end = start + out.len();
             for ((o, xv), gv) in out.iter_mut().zip(&x[start..end]).zip(&g[start..end]) {
-                let pdf = FRAC_1_SQRT_2PI * exp_neg(-0.5 * xv * xv);
-                *o = gv * (phi_cdf(*xv) + xv * pdf);
+                *o = gv * gelu_slope(*xv);
             }
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))

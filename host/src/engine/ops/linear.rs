@@ -1,0 +1,396 @@
+//! The fully connected layer `act(x·Wᵀ + b)` as one op with backward, for every
+//! `Linear` of the plugins (ViT's qkv, projection and MLP layers). Composed from
+//! candle ops, one layer is a reshape, a transpose, a matmul, a bias add, an
+//! activation and a reshape back: six graph nodes whose gradients candle creates as
+//! zeros and adds into, with the bias's and activation's own passes over the
+//! activations. Here the bias is written into the destination before the gemm adds the
+//! product onto it, the activation reads that once, and the backward computes the input
+//! gradient, the weight gradient and the bias gradient from one activation gradient.
+//! The pre-activation (which GELU's backward needs) is kept inside the op, as the
+//! composed graph kept it as the activation's input.
+
+use std::{borrow::Cow, sync::OnceLock};
+
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, D, Device, Layout, Result, Shape, Storage, Tensor, bail,
+};
+
+use super::{
+    Route, f32_slice, for_each_row_block,
+    gelu::{gelu_slope, gelu_value},
+    matmul::{Mode, Operand, product_with},
+    route, same_length,
+};
+use crate::engine::autocast;
+
+/// The activation applied to a linear layer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// None: `x·Wᵀ + b`.
+    Identity,
+    /// Exact (erf) GELU, as [`super::gelu_erf`].
+    Gelu,
+}
+
+/// `act(x·Wᵀ + b)` over the last dimension of `x (…, in)` with `weight (out, in)` (as
+/// PyTorch stores it) and `bias (out)`; the result is `(…, out)`. Gradients flow to all
+/// three. The fused CPU op for f32 (without bf16 autocast); composed candle ops (with
+/// the host's fused bias and GELU) otherwise.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
+    let (out_dim, in_dim) = weight.dims2()?;
+    if x.rank() == 0 || x.dim(D::Minus1)? != in_dim {
+        bail!(
+            "linear: input {:?} should end in the weight's input width {in_dim}",
+            x.dims()
+        );
+    }
+    if let Some(b) = bias
+        && b.dims() != [out_dim]
+    {
+        bail!("linear: bias {:?} should be [{out_dim}]", b.dims());
+    }
+    let same_kind = |t: &Tensor| t.dtype() == x.dtype() && t.device().is_cpu();
+    let fusable = x.device().is_cpu()
+        && same_kind(weight)
+        && bias.is_none_or(same_kind)
+        && !autocast::enabled();
+    match route(x) {
+        Route::Fused if fusable => {
+            let (x, w) = (x.contiguous()?, weight.contiguous()?);
+            let op = Linear::new(act);
+            match bias {
+                Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+                None => x.apply_op2(&w, op),
+            }
+        }
+        _ => composed(x, weight, bias, act),
+    }
+}
+
+/// The composed-op linear layer (the reference and the fallback).
+pub fn composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let in_dim = dims.pop().unwrap_or(1);
+    let rows: usize = dims.iter().product();
+    let mut y = autocast::matmul(&x.reshape((rows, in_dim))?, &weight.t()?)?;
+    if let Some(b) = bias {
+        y = super::broadcast_add(&y, b)?;
+    }
+    if act == Activation::Gelu {
+        y = super::gelu_erf(&y)?;
+    }
+    dims.push(weight.dim(0)?);
+    y.reshape(dims)
+}
+
+/// The fused op; `CustomOp3` with a bias `(x, w, b)`, `CustomOp2` without `(x, w)`.
+struct Linear {
+    act: Activation,
+    /// `x·Wᵀ + b` of the forward pass when the activation's backward needs it.
+    pre: OnceLock<Vec<f32>>,
+}
+
+impl Linear {
+    fn new(act: Activation) -> Self {
+        Self {
+            act,
+            pre: OnceLock::new(),
+        }
+    }
+
+    /// The forward kernel: `(rows, in)·(out, in)ᵀ + b`, activated.
+    fn forward(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ws, wl): (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let _span = crate::engine::profile::span("linear fwd");
+        let x = f32_slice(xs, xl, "linear input")?;
+        let w = f32_slice(ws, wl, "linear weight")?;
+        let (out_dim, in_dim, rows) = shapes(xl, wl)?;
+        same_length("linear input", rows * in_dim, x.len())?;
+        let mut h = match bias {
+            Some((bs, bl)) => {
+                let b = f32_slice(bs, bl, "linear bias")?;
+                same_length("linear bias", out_dim, b.len())?;
+                b.repeat(rows)
+            }
+            None => vec![0f32; rows * out_dim],
+        };
+        let mode = Mode {
+            accumulate: bias.is_some(),
+            parallel: true,
+        };
+        let (xm, wt) = (Operand::rows(x, in_dim), Operand::transposed(w, in_dim));
+        product_with(rows, out_dim, in_dim, &mut h, out_dim, xm, wt, 1.0, mode);
+        let mut dims = xl.dims().to_vec();
+        dims.pop();
+        dims.push(out_dim);
+        let y = match self.act {
+            Activation::Identity => h,
+            Activation::Gelu => {
+                let mut y = vec![0f32; h.len()];
+                for_each_row_block(&mut y, out_dim, |first, out| {
+                    let src = &h[first * out_dim..first * out_dim + out.len()];
+                    for (o, v) in out.iter_mut().zip(src) {
+                        *o = gelu_value(*v);
+                    }
+                });
+                if self.pre.set(h).is_err() {
+                    bail!("linear: the op ran its forward pass twice");
+                }
+                y
+            }
+        };
+        Ok((CpuStorage::F32(y), Shape::from_dims(&dims)))
+    }
+
+    /// The backward kernel: the gradients of `x`, `w` and (when `bias`) `b`.
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: bool,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let _span = crate::engine::profile::span("linear bwd");
+        let grad = grad.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) = (&*xs, &*ws, &*gs) else {
+            bail!("linear backward: the tensors are not on the CPU");
+        };
+        let x_data = f32_slice(xs, xl, "linear input")?;
+        let w_data = f32_slice(ws, wl, "linear weight")?;
+        let g = f32_slice(gs, gl, "linear output gradient")?;
+        let (out_dim, in_dim, rows) = shapes(xl, wl)?;
+        same_length("linear", rows * out_dim, g.len())?;
+        let gh: Cow<'_, [f32]> = match self.act {
+            Activation::Identity => Cow::Borrowed(g),
+            Activation::Gelu => {
+                let Some(pre) = self.pre.get() else {
+                    bail!("linear backward: no pre-activation kept by the forward pass");
+                };
+                same_length("linear", pre.len(), g.len())?;
+                let mut gh = vec![0f32; g.len()];
+                for_each_row_block(&mut gh, out_dim, |first, out| {
+                    let start = first * out_dim;
+                    let (h, gr) = (&pre[start..], &g[start..]);
+                    for ((o, hv), gv) in out.iter_mut().zip(h).zip(gr) {
+                        *o = gv * gelu_slope(*hv);
+                    }
+                });
+                Cow::Owned(gh)
+            }
+        };
+        let db = bias.then(|| super::bias::column_sums(&gh, out_dim));
+        let mut dx = vec![0f32; rows * in_dim];
+        let (gm, wm) = (Operand::rows(&gh, out_dim), Operand::rows(w_data, in_dim));
+        product_with(
+            rows,
+            in_dim,
+            out_dim,
+            &mut dx,
+            in_dim,
+            gm,
+            wm,
+            1.0,
+            Mode::PARALLEL,
+        );
+        let mut dw = vec![0f32; out_dim * in_dim];
+        let (gt, xm) = (
+            Operand::transposed(&gh, out_dim),
+            Operand::rows(x_data, in_dim),
+        );
+        product_with(
+            out_dim,
+            in_dim,
+            rows,
+            &mut dw,
+            in_dim,
+            gt,
+            xm,
+            1.0,
+            Mode::PARALLEL,
+        );
+        let cpu = &Device::Cpu;
+        Ok((
+            Tensor::from_vec(dx, xl.shape(), cpu)?,
+            Tensor::from_vec(dw, wl.shape(), cpu)?,
+            db.map(|db| Tensor::from_vec(db, out_dim, cpu))
+                .transpose()?,
+        ))
+    }
+}
+
+/// `(out, in, rows)` of an input `(…, in)` and a weight `(out, in)`.
+fn shapes(x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
+    let (out_dim, in_dim) = match *w.dims() {
+        [o, i] => (o, i),
+        ref other => bail!("linear: weight should be (out, in), got {other:?}"),
+    };
+    match x.dims().split_last() {
+        Some((&last, lead)) if last == in_dim => Ok((out_dim, in_dim, lead.iter().product())),
+        _ => bail!("linear: input {:?} should end in {in_dim}", x.dims()),
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "patchwork-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.backward(x, w, false, grad_res)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "patchwork-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.backward(x, w, true, grad_res)?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::*;
+    use crate::engine::ops::test_support::{assert_close, randn};
+
+    /// Forward and the gradients of the fused op against the composed reference.
+    fn check(
+        x_shape: &[usize],
+        out_dim: usize,
+        bias: bool,
+        act: Activation,
+        seed: u64,
+    ) -> Result<()> {
+        let dev = &Device::Cpu;
+        let in_dim = *x_shape.last().expect("input has a last dimension");
+        let x = Var::from_tensor(&randn(seed, x_shape, 1.0, 0.1, dev)?)?;
+        let w = Var::from_tensor(&randn(seed + 1, &[out_dim, in_dim], 0.5, 0.0, dev)?)?;
+        let b = Var::from_tensor(&randn(seed + 2, &[out_dim], 0.5, 0.2, dev)?)?;
+        let b_arg = bias.then_some(b.as_tensor());
+        let y = linear(&x, &w, b_arg, act)?;
+        let y_ref = composed(&x, &w, b_arg, act)?;
+        assert_eq!(y.dims(), y_ref.dims());
+        let what = format!("{x_shape:?}x{out_dim} bias {bias} {act:?}");
+        assert_close(&y, &y_ref, 1e-5, &format!("{what} forward"));
+        let r = randn(seed + 3, y.dims(), 1.0, 0.0, dev)?;
+        let g = (&y * &r)?.sum_all()?.backward()?;
+        let g_ref = (&y_ref * &r)?.sum_all()?.backward()?;
+        let mut vars = vec![("dx", &x), ("dw", &w)];
+        if bias {
+            vars.push(("db", &b));
+        }
+        for (name, var) in vars {
+            let got = g.get(var).expect("fused grad should exist");
+            let want = g_ref.get(var).expect("reference grad should exist");
+            assert_close(got, want, 1e-4, &format!("{what} {name}"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matches_composed_on_odd_shapes() -> Result<()> {
+        for (i, act) in [Activation::Identity, Activation::Gelu]
+            .into_iter()
+            .enumerate()
+        {
+            let seed = 100 + 10 * i as u64;
+            check(&[1, 1], 1, true, act, seed)?;
+            check(&[7], 3, true, act, seed + 1)?;
+            check(&[1, 17], 9, false, act, seed + 2)?;
+            check(&[2, 5, 3], 1, true, act, seed + 3)?;
+            check(&[3, 11, 19], 23, true, act, seed + 4)?;
+            // Rows over several blocks of the pool, widths past a vector's.
+            check(&[4, 65, 24], 97, true, act, seed + 5)?;
+            check(&[300, 33], 130, false, act, seed + 6)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn known_values() -> Result<()> {
+        let dev = &Device::Cpu;
+        let x = Tensor::new(&[[1f32, 2.0], [-1.0, 0.5]], dev)?;
+        let w = Tensor::new(&[[1f32, 0.0], [0.5, -1.0], [2.0, 1.0]], dev)?;
+        let b = Tensor::new(&[0f32, 1.0, -4.0], dev)?;
+        let y = linear(&x, &w, Some(&b), Activation::Identity)?;
+        assert_eq!(y.to_vec2::<f32>()?, [[1.0, -0.5, 0.0], [-1.0, -0.0, -5.5]]);
+        let y = linear(&x, &w, None, Activation::Gelu)?.to_vec2::<f32>()?;
+        // gelu(1) = 0.841345, gelu(-1.5) = -0.100203, gelu(4) = 3.999873.
+        for (got, want) in y[0].iter().zip([0.841_345, -0.100_203, 3.999_873]) {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() -> Result<()> {
+        let dev = &Device::Cpu;
+        let x = Tensor::zeros((2, 3), candle_core::DType::F32, dev)?;
+        let w = Tensor::zeros((4, 5), candle_core::DType::F32, dev)?;
+        let err = linear(&x, &w, None, Activation::Identity).expect_err("width mismatch");
+        assert!(err.to_string().contains("input width 5"), "{err}");
+        let w = Tensor::zeros((4, 3), candle_core::DType::F32, dev)?;
+        let b = Tensor::zeros(3, candle_core::DType::F32, dev)?;
+        let err = linear(&x, &w, Some(&b), Activation::Identity).expect_err("bias mismatch");
+        assert!(err.to_string().contains("should be [4]"), "{err}");
+        Ok(())
+    }
+}
