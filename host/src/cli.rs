@@ -18,29 +18,28 @@ use crate::{
 
 /// Self-supervised ViT workbench.
 #[derive(Debug, Parser)]
-#[command(
-    name = "patchwork",
-    version,
-    about,
-    args_conflicts_with_subcommands = true,
-    arg_required_else_help = true
-)]
+#[command(name = "patchwork", version, about, arg_required_else_help = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Option<Command>,
     /// A workspace to open in the terminal UI (`patchwork FILE` = `patchwork tui FILE`).
     pub file: Option<PathBuf>,
+    /// Worker threads for the tensor kernels and matrix products, one pool for the
+    /// process [default: the machine's cores, or `RAYON_NUM_THREADS`].
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 impl Cli {
     /// Whether this command line opens the terminal UI (which owns the screen, so
     /// logs go to its log panel instead of stderr).
     pub fn opens_tui(&self) -> bool {
-        matches!(
-            self.command,
-            Some(Command::Tui { .. } | Command::Dev { .. })
-        ) || self.file.is_some()
+        match self.command {
+            Some(Command::Tui { .. } | Command::Dev { .. }) => true,
+            Some(_) => false,
+            None => self.file.is_some(),
+        }
     }
 }
 
@@ -229,6 +228,12 @@ fn registry_for(ws: &schema::Workspace, file: &Path, extra: &[PathBuf]) -> Plugi
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    if let (Some(file), Some(_)) = (&cli.file, &cli.command) {
+        bail!(
+            "give a workspace file or a command, not both ('{}' came before the command)",
+            file.display()
+        );
+    }
     let Some(command) = cli.command else {
         return match cli.file {
             Some(file) => crate::tui::run(&file, &[], &[], false),

@@ -21,9 +21,25 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Fixes the process's worker-thread count before any pool starts: `--threads`, else
+/// `RAYON_NUM_THREADS`, else candle's count of the cores. candle's kernels, its worker
+/// pool and gemm all read it from these variables; unset, candle re-derived it from
+/// `/proc/cpuinfo` on every matrix product.
+fn fix_threads(threads: Option<u16>) {
+    let n = threads.map_or_else(candle_core::utils::get_num_threads, usize::from);
+    let n = n.to_string();
+    // SAFETY: called in `main` right after parsing the command line, before any other
+    // thread exists, so nothing reads the environment concurrently.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", &n);
+        std::env::set_var("CANDLE_NUM_THREADS", &n);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     let cli = patchwork::cli::Cli::parse();
+    fix_threads(cli.threads);
     let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHWORK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     if cli.opens_tui() {

@@ -17,6 +17,8 @@ fn bench_train_prints_rates_flops_and_peak_memory() {
         "1",
         "--warmup",
         "0",
+        "--threads",
+        "1",
     ]);
     assert!(out.success(), "{}", out.describe());
     let text = &out.stdout;
@@ -30,7 +32,10 @@ fn bench_train_prints_rates_flops_and_peak_memory() {
     }
     assert!(text.contains("0.731 GFLOP/img"), "{text}");
     assert!(text.contains("peak memory:"), "{text}");
-    assert!(text.contains("threads, fp32 (patchwork, candle)"), "{text}");
+    assert!(
+        text.contains("cpu, 1 thread, fp32 (patchwork, candle)"),
+        "{text}"
+    );
     let out = run_patchwork(["bench", "train", "--models", "tiny99"]);
     assert!(!out.success());
     assert!(
@@ -38,6 +43,9 @@ fn bench_train_prints_rates_flops_and_peak_memory() {
         "{}",
         out.describe()
     );
+    let out = run_patchwork(["bench", "train", "--threads", "0"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("--threads"), "{}", out.describe());
 }
 
 #[test]

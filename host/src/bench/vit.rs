@@ -62,7 +62,8 @@ impl Target {
             candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
             candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
             candle_core::DeviceLocation::Cpu => {
-                format!("cpu, {} threads", candle_core::utils::get_num_threads())
+                let n = candle_core::utils::get_num_threads();
+                format!("cpu, {n} thread{}", if n == 1 { "" } else { "s" })
             }
         };
         let precision = if self.bf16 { "bf16 autocast" } else { "fp32" };

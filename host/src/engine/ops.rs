@@ -22,6 +22,7 @@ mod gelu;
 mod layer_norm;
 mod linear;
 mod matmul;
+mod simd;
 mod softmax;
 
 pub use attention::{attention, composed as attention_composed, self_attention, split_heads};
@@ -31,7 +32,7 @@ pub use layer_norm::layer_norm;
 pub use linear::{Activation, composed as linear_composed, linear};
 pub use softmax::{log_softmax_last_dim, softmax_last_dim};
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, bail};
 
@@ -117,6 +118,44 @@ where
             let mut guard = block.lock().unwrap_or_else(PoisonError::into_inner);
             let (first_row, ref mut rows) = *guard;
             f(first_row, rows);
+        }
+    });
+}
+
+/// The worker-thread count (candle's, read once: candle derives it anew on every
+/// call, from `/proc/cpuinfo` unless `RAYON_NUM_THREADS` is set).
+fn threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
+/// Calls `f(part, chunk)` on each `part_len`-element part of `dst`, one part per task
+/// of candle's worker pool (for work already sized to the threads, which
+/// [`for_each_row_block`] would split by element count instead).
+fn for_each_part<F>(dst: &mut [f32], part_len: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    if dst.is_empty() || part_len == 0 {
+        return;
+    }
+    let pool = candle_core::utils::barrier_pool();
+    if pool.n_workers() == 0 {
+        for (i, chunk) in dst.chunks_mut(part_len).enumerate() {
+            f(i, chunk);
+        }
+        return;
+    }
+    let parts: Vec<Mutex<(usize, &mut [f32])>> = dst
+        .chunks_mut(part_len)
+        .enumerate()
+        .map(|(i, chunk)| Mutex::new((i, chunk)))
+        .collect();
+    pool.execute_chunked(parts.len(), |range| {
+        for part in &parts[range] {
+            let mut guard = part.lock().unwrap_or_else(PoisonError::into_inner);
+            let (i, ref mut chunk) = *guard;
+            f(i, chunk);
         }
     });
 }

@@ -20,7 +20,9 @@ use candle_core::{
 use super::{
     Route, dot8, exp_neg, for_each_row_block,
     matmul::{Operand, product},
-    max8, route, sum8,
+    max8, route,
+    simd::vectorized,
+    sum8,
 };
 use crate::engine::autocast;
 
@@ -118,17 +120,37 @@ fn unit_rows(t: &Tensor) -> Result<Tensor> {
 }
 
 /// `p = softmax(q·kᵀ·scale)` of one head (`n × n`, row-major).
+#[inline]
 fn probabilities(q: Operand<'_>, k: Operand<'_>, n: usize, hd: usize, scale: f32, p: &mut [f32]) {
     let kt = Operand::transposed(k.data, k.row_stride);
     product(n, n, hd, p, n, q, kt, scale);
-    for row in p.chunks_exact_mut(n) {
-        let max = max8(row);
-        for x in row.iter_mut() {
-            *x = exp_neg(*x - max);
+    softmax_in_place(p, n);
+}
+
+vectorized! {
+    /// Each `n`-wide row of `p` to its softmax.
+    fn softmax_in_place(p: &mut [f32], n: usize) {
+        for row in p.chunks_exact_mut(n) {
+            let max = max8(row);
+            for x in row.iter_mut() {
+                *x = exp_neg(*x - max);
+            }
+            let inv = sum8(row).recip();
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
         }
-        let inv = sum8(row).recip();
-        for x in row.iter_mut() {
-            *x *= inv;
+    }
+}
+
+vectorized! {
+    /// `dS = P ⊙ (dP − rowsum(dP ⊙ P))·scale` over `n`-wide rows, in place in `dp`.
+    fn softmax_grad_in_place(p: &[f32], dp: &mut [f32], n: usize, scale: f32) {
+        for (pr, dr) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
+            let dot = dot8(pr, dr);
+            for (x, pv) in dr.iter_mut().zip(pr) {
+                *x = pv * (*x - dot) * scale;
+            }
         }
     }
 }
@@ -328,12 +350,7 @@ fn backward(
                 product(n, hd, n, &mut d[ov + at..], rs, pt, gh, 1.0);
                 let vt = Operand::transposed(vh.data, vh.row_stride);
                 product(n, n, hd, &mut dp, n, gh, vt, 1.0);
-                for (pr, dr) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
-                    let dot = dot8(pr, dr);
-                    for (x, pv) in dr.iter_mut().zip(pr) {
-                        *x = pv * (*x - dot) * scale;
-                    }
-                }
+                softmax_grad_in_place(&p, &mut dp, n, scale);
                 let ds = Operand::rows(&dp, n);
                 product(n, hd, n, &mut d[oq + at..], rs, ds, kh, 1.0);
                 let dst = Operand::transposed(&dp, n);
@@ -636,5 +653,28 @@ mod tests {
         let x = Tensor::zeros((2, 12), candle_core::DType::F32, &Device::Cpu)?;
         assert!(self_attention(&x, 2, 1.0).is_err());
         Ok(())
+    }
+
+    /// Deterministic values in about [-6, 6].
+    fn wavy(len: usize, phase: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 + phase) * 0.731).sin() * 6.0)
+            .collect()
+    }
+
+    #[test]
+    fn every_vector_width_computes_the_same_bits() {
+        use crate::engine::ops::simd::tests::{assert_same_bits, at_every_level};
+        let n = 21;
+        let (logits, dp) = (wavy(n * n, 0.0), wavy(n * n, 4.0));
+        let runs = at_every_level(|| {
+            let mut p = logits.clone();
+            softmax_in_place(&mut p, n);
+            let mut ds = dp.clone();
+            softmax_grad_in_place(&p, &mut ds, n, 0.125);
+            p.extend(ds);
+            p
+        });
+        assert_same_bits("attention softmax", &runs);
     }
 }

@@ -4,7 +4,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Tensor};
 
-use super::{Route, f32_slice, for_each_row_block, last_dim, route, rows_per_block};
+use super::{
+    Route, f32_slice, for_each_row_block, last_dim, route, rows_per_block, simd::vectorized,
+};
 
 /// `x + b` with `b` of shape `[d]` broadcast over the leading dimensions of `x`
 /// (`x`'s last dimension is `d`); other shapes fall back to candle's
@@ -106,11 +108,7 @@ pub(super) fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
         for (i, acc) in out.chunks_exact_mut(d).enumerate() {
             let start = ((first + i) * per_block).min(rows);
             let end = (start + per_block).min(rows);
-            for row in g[start * d..end * d].chunks_exact(d) {
-                for (a, v) in acc.iter_mut().zip(row) {
-                    *a += v;
-                }
-            }
+            add_rows(acc, &g[start * d..end * d]);
         }
     });
     let mut total = vec![0f32; d];
@@ -120,6 +118,17 @@ pub(super) fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
         }
     }
     total
+}
+
+vectorized! {
+    /// Adds each `acc.len()`-wide row of `rows` onto `acc`.
+    fn add_rows(acc: &mut [f32], rows: &[f32]) {
+        for row in rows.chunks_exact(acc.len().max(1)) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+    }
 }
 
 /// Backward kernel of the bias: the column sums of the output gradient.
@@ -216,5 +225,24 @@ mod tests {
             "column",
         );
         Ok(())
+    }
+
+    /// Deterministic values in about [-6, 6].
+    fn wavy(len: usize, phase: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 + phase) * 0.731).sin() * 6.0)
+            .collect()
+    }
+
+    #[test]
+    fn every_vector_width_computes_the_same_bits() {
+        use crate::engine::ops::simd::tests::{assert_same_bits, at_every_level};
+        let rows = wavy(13 * 19, 0.0);
+        let runs = at_every_level(|| {
+            let mut acc = wavy(19, 1.0);
+            add_rows(&mut acc, &rows);
+            acc
+        });
+        assert_same_bits("column sums", &runs);
     }
 }

@@ -2,7 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use super::{Route, exp_neg, f32_slice, for_each_row_block, route, same_length};
+use super::{Route, exp_neg, f32_slice, for_each_row_block, route, same_length, simd::vectorized};
 
 /// Elements per "row" handed to the block scheduler (GELU is element-wise).
 const CHUNK: usize = 1024;
@@ -66,6 +66,24 @@ pub(super) fn gelu_slope(x: f32) -> f32 {
     phi_cdf(x) + x * pdf
 }
 
+vectorized! {
+    /// `y = gelu(x)`, element-wise.
+    pub(super) fn gelu_into(x: &[f32], y: &mut [f32]) {
+        for (yv, xv) in y.iter_mut().zip(x) {
+            *yv = gelu_value(*xv);
+        }
+    }
+}
+
+vectorized! {
+    /// `dx = g·gelu'(x)`, element-wise.
+    pub(super) fn gelu_grad_into(x: &[f32], g: &[f32], dx: &mut [f32]) {
+        for ((o, xv), gv) in dx.iter_mut().zip(x).zip(g) {
+            *o = gv * gelu_slope(*xv);
+        }
+    }
+}
+
 /// Forward CPU kernel.
 struct Gelu;
 
@@ -80,10 +98,7 @@ impl CustomOp1 for Gelu {
         let mut y = vec![0f32; x.len()];
         for_each_row_block(&mut y, CHUNK, |first, out| {
             let start = first * CHUNK;
-            let end = start + out.len();
-            for (yv, xv) in out.iter_mut().zip(&x[start..end]) {
-                *yv = gelu_value(*xv);
-            }
+            gelu_into(&x[start..start + out.len()], out);
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
@@ -130,11 +145,8 @@ impl CustomOp2 for GeluBwd {
         same_length("gelu", x.len(), g.len())?;
         let mut dx = vec![0f32; x.len()];
         for_each_row_block(&mut dx, CHUNK, |first, out| {
-            let start = first * CHUNK;
-            let end = start + out.len();
-            for ((o, xv), gv) in out.iter_mut().zip(&x[start..end]).zip(&g[start..end]) {
-                *o = gv * gelu_slope(*xv);
-            }
+            let range = first * CHUNK..first * CHUNK + out.len();
+            gelu_grad_into(&x[range.clone()], &g[range], out);
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -218,5 +230,27 @@ mod tests {
         )?;
         assert_close(&gelu_erf(&x)?, &want, 1e-6, "gelu values");
         Ok(())
+    }
+
+    /// Deterministic values in about [-6, 6].
+    fn wavy(len: usize, phase: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 + phase) * 0.731).sin() * 6.0)
+            .collect()
+    }
+
+    #[test]
+    fn every_vector_width_computes_the_same_bits() {
+        use crate::engine::ops::simd::tests::{assert_same_bits, at_every_level};
+        let (x, g) = (wavy(1029, 0.0), wavy(1029, 3.0));
+        let runs = at_every_level(|| {
+            let mut y = vec![0f32; x.len()];
+            gelu_into(&x, &mut y);
+            let mut dx = vec![0f32; x.len()];
+            gelu_grad_into(&x, &g, &mut dx);
+            y.extend(dx);
+            y
+        });
+        assert_same_bits("gelu", &runs);
     }
 }

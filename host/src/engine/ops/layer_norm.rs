@@ -5,7 +5,8 @@ use std::sync::{Mutex, PoisonError};
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
 
 use super::{
-    Route, dot8, f32_slice, for_each_row_block, last_dim, route, rows_per_block, sq_dev8, sum8,
+    Route, dot8, f32_slice, for_each_row_block, last_dim, route, rows_per_block, simd::vectorized,
+    sq_dev8, sum8,
 };
 
 /// Layer normalisation over the last dimension of `x`:
@@ -87,6 +88,57 @@ fn moments(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, (var + eps).sqrt().recip())
 }
 
+vectorized! {
+    /// `y = (x − mean)·rstd·w + b` for each row (rows as wide as `w`).
+    fn norm_rows(x: &[f32], y: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+        let d = w.len().max(1);
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let (mean, rstd) = moments(xr, eps);
+            for (((yv, xv), wv), bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                *yv = (xv - mean) * rstd * wv + bv;
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// The input gradient of each row (rows as wide as `w`) into `dx`, adding the rows'
+    /// weight and bias gradients to the last two quarters of `work` (`4·d` long: x̂,
+    /// g·w, dweight, dbias).
+    fn norm_grad_rows(x: &[f32], g: &[f32], dx: &mut [f32], w: &[f32], eps: f32, work: &mut [f32]) {
+        let d = w.len().max(1);
+        let n = d as f32;
+        let (x_hat, rest) = work.split_at_mut(d);
+        let (gw, acc) = rest.split_at_mut(d);
+        let (dw, db) = acc.split_at_mut(d);
+        for ((xr, gr), dxr) in x
+            .chunks_exact(d)
+            .zip(g.chunks_exact(d))
+            .zip(dx.chunks_exact_mut(d))
+        {
+            let (mean, rstd) = moments(xr, eps);
+            for ((((h, p), xv), gv), wv) in
+                x_hat.iter_mut().zip(gw.iter_mut()).zip(xr).zip(gr).zip(w)
+            {
+                *h = (xv - mean) * rstd;
+                *p = gv * wv;
+            }
+            let mean_gw = sum8(gw) / n;
+            let mean_gw_xhat = dot8(gw, x_hat) / n;
+            for (((o, h), p), (a, (b, gv))) in dxr
+                .iter_mut()
+                .zip(x_hat.iter())
+                .zip(gw.iter())
+                .zip(dw.iter_mut().zip(db.iter_mut().zip(gr)))
+            {
+                *o = rstd * (p - mean_gw - h * mean_gw_xhat);
+                *a += gv * h;
+                *b += gv;
+            }
+        }
+    }
+}
+
 /// Forward CPU kernel: inputs `(x, weight, bias)`.
 struct LayerNorm {
     eps: f32,
@@ -116,13 +168,7 @@ impl CustomOp3 for LayerNorm {
         let mut y = vec![0f32; x.len()];
         for_each_row_block(&mut y, d, |first_row, out| {
             let start = first_row * d;
-            let x_block = &x[start..start + out.len()];
-            for (xr, yr) in x_block.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-                let (mean, rstd) = moments(xr, eps);
-                for (((yv, xv), wv), bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                    *yv = (xv - mean) * rstd * wv + bv;
-                }
-            }
+            norm_rows(&x[start..start + out.len()], out, w, b, eps);
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -204,39 +250,11 @@ impl CustomOp3 for LayerNormBwd {
         let partials: Vec<Mutex<Vec<f32>>> =
             (0..n_blocks).map(|_| Mutex::new(Vec::new())).collect();
         for_each_row_block(dx, d, |first_row, out| {
-            let start = first_row * d;
-            let x_block = &x[start..start + out.len()];
-            let g_block = &g[start..start + out.len()];
-            let mut x_hat = vec![0f32; d];
-            let mut gw = vec![0f32; d];
-            let mut acc = vec![0f32; 2 * d];
-            let (dw, db) = acc.split_at_mut(d);
-            let n = d as f32;
-            for ((xr, gr), dxr) in x_block
-                .chunks_exact(d)
-                .zip(g_block.chunks_exact(d))
-                .zip(out.chunks_exact_mut(d))
-            {
-                let (mean, rstd) = moments(xr, eps);
-                for ((((h, p), xv), gv), wv) in
-                    x_hat.iter_mut().zip(gw.iter_mut()).zip(xr).zip(gr).zip(w)
-                {
-                    *h = (xv - mean) * rstd;
-                    *p = gv * wv;
-                }
-                let mean_gw = sum8(&gw) / n;
-                let mean_gw_xhat = dot8(&gw, &x_hat) / n;
-                for (((o, h), p), (a, (b, gv))) in dxr
-                    .iter_mut()
-                    .zip(&x_hat)
-                    .zip(&gw)
-                    .zip(dw.iter_mut().zip(db.iter_mut().zip(gr)))
-                {
-                    *o = rstd * (p - mean_gw - h * mean_gw_xhat);
-                    *a += gv * h;
-                    *b += gv;
-                }
-            }
+            let range = first_row * d..first_row * d + out.len();
+            // x̂ | g·w of the current row, then the block's dweight | dbias sums.
+            let mut work = vec![0f32; 4 * d];
+            norm_grad_rows(&x[range.clone()], &g[range], out, w, eps, &mut work);
+            let acc = work.split_off(2 * d);
             let block = first_row / rows_per_block(d);
             *partials[block]
                 .lock()
@@ -378,5 +396,35 @@ mod tests {
         let err = layer_norm(&x, &w, &w, 1e-6).expect_err("shape mismatch should fail");
         assert!(err.to_string().contains("expected [5]"), "{err}");
         Ok(())
+    }
+
+    /// Deterministic values in about [-6, 6].
+    fn wavy(len: usize, phase: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 + phase) * 0.731).sin() * 6.0)
+            .collect()
+    }
+
+    #[test]
+    fn every_vector_width_computes_the_same_bits() {
+        use crate::engine::ops::simd::tests::{assert_same_bits, at_every_level};
+        let d = 45;
+        let (x, g, w, b) = (
+            wavy(7 * d, 0.0),
+            wavy(7 * d, 2.0),
+            wavy(d, 5.0),
+            wavy(d, 9.0),
+        );
+        let runs = at_every_level(|| {
+            let mut y = vec![0f32; x.len()];
+            norm_rows(&x, &mut y, &w, &b, 1e-6);
+            let mut dx = vec![0f32; x.len()];
+            let mut work = vec![0f32; 4 * d];
+            norm_grad_rows(&x, &g, &mut dx, &w, 1e-6, &mut work);
+            y.extend(dx);
+            y.extend(work);
+            y
+        });
+        assert_same_bits("layer norm", &runs);
     }
 }

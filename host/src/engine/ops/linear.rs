@@ -17,7 +17,7 @@ use candle_core::{
 
 use super::{
     Route, f32_slice, for_each_row_block,
-    gelu::{gelu_slope, gelu_value},
+    gelu::{gelu_grad_into, gelu_into},
     matmul::{Mode, Operand, product_with},
     route, same_length,
 };
@@ -142,10 +142,8 @@ impl Linear {
             Activation::Gelu => {
                 let mut y = vec![0f32; h.len()];
                 for_each_row_block(&mut y, out_dim, |first, out| {
-                    let src = &h[first * out_dim..first * out_dim + out.len()];
-                    for (o, v) in out.iter_mut().zip(src) {
-                        *o = gelu_value(*v);
-                    }
+                    let start = first * out_dim;
+                    gelu_into(&h[start..start + out.len()], out);
                 });
                 if self.pre.set(h).is_err() {
                     bail!("linear: the op ran its forward pass twice");
@@ -186,11 +184,8 @@ impl Linear {
                 same_length("linear", pre.len(), g.len())?;
                 let mut gh = vec![0f32; g.len()];
                 for_each_row_block(&mut gh, out_dim, |first, out| {
-                    let start = first * out_dim;
-                    let (h, gr) = (&pre[start..], &g[start..]);
-                    for ((o, hv), gv) in out.iter_mut().zip(h).zip(gr) {
-                        *o = gv * gelu_slope(*hv);
-                    }
+                    let range = first * out_dim..first * out_dim + out.len();
+                    gelu_grad_into(&pre[range.clone()], &g[range], out);
                 });
                 Cow::Owned(gh)
             }
@@ -209,11 +204,31 @@ impl Linear {
             1.0,
             Mode::PARALLEL,
         );
-        let mut dw = vec![0f32; out_dim * in_dim];
-        let (gt, xm) = (
-            Operand::transposed(&gh, out_dim),
-            Operand::rows(x_data, in_dim),
-        );
+        let dw = weight_gradient(&gh, x_data, out_dim, in_dim, rows);
+        let cpu = &Device::Cpu;
+        Ok((
+            Tensor::from_vec(dx, xl.shape(), cpu)?,
+            Tensor::from_vec(dw, wl.shape(), cpu)?,
+            db.map(|db| Tensor::from_vec(db, out_dim, cpu))
+                .transpose()?,
+        ))
+    }
+}
+
+/// Rows of the input per part of a split weight gradient; fewer run as one product.
+const SPLIT_ROWS: usize = 1024;
+
+/// `dW = ghᵀ·x` (`out × in`, summed over `rows`). The output is small and the sum
+/// long, which gemm splits poorly over threads (~125-170 GFLOP/s on two cores for
+/// ViT-Tiny's layers); instead each worker sums its own share of the rows on one
+/// thread (~105-110 each) and the partial products are added in order, so the result
+/// does not depend on which worker ran which part.
+fn weight_gradient(gh: &[f32], x: &[f32], out_dim: usize, in_dim: usize, rows: usize) -> Vec<f32> {
+    let parts = super::threads().min(rows / SPLIT_ROWS).max(1);
+    let size = out_dim * in_dim;
+    if parts == 1 || size == 0 {
+        let mut dw = vec![0f32; size];
+        let (gt, xm) = (Operand::transposed(gh, out_dim), Operand::rows(x, in_dim));
         product_with(
             out_dim,
             in_dim,
@@ -225,14 +240,35 @@ impl Linear {
             1.0,
             Mode::PARALLEL,
         );
-        let cpu = &Device::Cpu;
-        Ok((
-            Tensor::from_vec(dx, xl.shape(), cpu)?,
-            Tensor::from_vec(dw, wl.shape(), cpu)?,
-            db.map(|db| Tensor::from_vec(db, out_dim, cpu))
-                .transpose()?,
-        ))
+        return dw;
     }
+    let share = rows.div_ceil(parts);
+    let mut partials = vec![0f32; parts * size];
+    super::for_each_part(&mut partials, size, |part, dst| {
+        let first = (part * share).min(rows);
+        let count = share.min(rows - first);
+        let gt = Operand::transposed(&gh[first * out_dim..], out_dim);
+        let xm = Operand::rows(&x[first * in_dim..], in_dim);
+        product_with(
+            out_dim,
+            in_dim,
+            count,
+            dst,
+            in_dim,
+            gt,
+            xm,
+            1.0,
+            Mode::INLINE,
+        );
+    });
+    let (dw, rest) = partials.split_at_mut(size);
+    for partial in rest.chunks_exact(size) {
+        for (d, p) in dw.iter_mut().zip(partial) {
+            *d += p;
+        }
+    }
+    partials.truncate(size);
+    partials
 }
 
 /// `(out, in, rows)` of an input `(…, in)` and a weight `(out, in)`.
@@ -360,6 +396,8 @@ mod tests {
             // Rows over several blocks of the pool, widths past a vector's.
             check(&[4, 65, 24], 97, true, act, seed + 5)?;
             check(&[300, 33], 130, false, act, seed + 6)?;
+            // Enough rows for the weight gradient to split over the workers.
+            check(&[3, 700, 5], 7, true, act, seed + 7)?;
         }
         Ok(())
     }

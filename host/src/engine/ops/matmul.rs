@@ -124,11 +124,9 @@ pub(super) fn product_with(
         }
         return;
     }
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if mode.parallel && threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
+    let parallelism = match super::threads() {
+        threads if mode.parallel && threads > 1 => Parallelism::Rayon(threads),
+        _ => Parallelism::None,
     };
     // SAFETY: the assertion above keeps every element gemm reads (of `a`, `b`, and of
     // `dst` when accumulating) and writes (of `dst`) inside the slices; `dst` is

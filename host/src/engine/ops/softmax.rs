@@ -3,7 +3,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
 
 use super::{
-    Route, dot8, exp_neg, f32_slice, for_each_row_block, last_dim, max8, route, same_length, sum8,
+    Route, dot8, exp_neg, f32_slice, for_each_row_block, last_dim, max8, route, same_length,
+    simd::vectorized, sum8,
 };
 
 /// Softmax over the last dimension (max-subtracted, so large logits do not overflow).
@@ -68,25 +69,7 @@ impl CustomOp1 for Softmax {
         let mut y = vec![0f32; x.len()];
         for_each_row_block(&mut y, d, |first_row, out| {
             let start = first_row * d;
-            let x_block = &x[start..start + out.len()];
-            for (xr, yr) in x_block.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-                let max = max8(xr);
-                for (yv, xv) in yr.iter_mut().zip(xr) {
-                    *yv = exp_neg(xv - max);
-                }
-                let sum = sum8(yr);
-                if log {
-                    let shift = max + sum.ln();
-                    for (yv, xv) in yr.iter_mut().zip(xr) {
-                        *yv = xv - shift;
-                    }
-                } else {
-                    let inv = sum.recip();
-                    for yv in yr.iter_mut() {
-                        *yv *= inv;
-                    }
-                }
-            }
+            softmax_rows(&x[start..start + out.len()], out, d, log);
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
@@ -143,26 +126,8 @@ impl CustomOp2 for SoftmaxBwd {
         let log = self.log;
         let mut dx = vec![0f32; y.len()];
         for_each_row_block(&mut dx, d, |first_row, out| {
-            let start = first_row * d;
-            let y_block = &y[start..start + out.len()];
-            let g_block = &g[start..start + out.len()];
-            for ((yr, gr), dr) in y_block
-                .chunks_exact(d)
-                .zip(g_block.chunks_exact(d))
-                .zip(out.chunks_exact_mut(d))
-            {
-                if log {
-                    let sum_g = sum8(gr);
-                    for ((o, yv), gv) in dr.iter_mut().zip(yr).zip(gr) {
-                        *o = gv - exp_neg(*yv) * sum_g;
-                    }
-                } else {
-                    let dot = dot8(gr, yr);
-                    for ((o, yv), gv) in dr.iter_mut().zip(yr).zip(gr) {
-                        *o = yv * (gv - dot);
-                    }
-                }
-            }
+            let range = first_row * d..first_row * d + out.len();
+            softmax_grad_rows(&y[range.clone()], &g[range], out, d, log);
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -182,6 +147,53 @@ impl CustomOp2 for SoftmaxBwd {
             ["softmax output", "softmax output gradient"],
             |dev, y, g| super::cuda::softmax_bwd(dev, y, g, d, self.log),
         )
+    }
+}
+
+vectorized! {
+    /// The (log-)softmax of each `d`-wide row of `x` into `y`.
+    fn softmax_rows(x: &[f32], y: &mut [f32], d: usize, log: bool) {
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let max = max8(xr);
+            for (yv, xv) in yr.iter_mut().zip(xr) {
+                *yv = exp_neg(xv - max);
+            }
+            let sum = sum8(yr);
+            if log {
+                let shift = max + sum.ln();
+                for (yv, xv) in yr.iter_mut().zip(xr) {
+                    *yv = xv - shift;
+                }
+            } else {
+                let inv = sum.recip();
+                for yv in yr.iter_mut() {
+                    *yv *= inv;
+                }
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// The input gradient of each `d`-wide row from the output `y` and its gradient `g`.
+    fn softmax_grad_rows(y: &[f32], g: &[f32], dx: &mut [f32], d: usize, log: bool) {
+        for ((yr, gr), dr) in y
+            .chunks_exact(d)
+            .zip(g.chunks_exact(d))
+            .zip(dx.chunks_exact_mut(d))
+        {
+            if log {
+                let sum_g = sum8(gr);
+                for ((o, yv), gv) in dr.iter_mut().zip(yr).zip(gr) {
+                    *o = gv - exp_neg(*yv) * sum_g;
+                }
+            } else {
+                let dot = dot8(gr, yr);
+                for ((o, yv), gv) in dr.iter_mut().zip(yr).zip(gr) {
+                    *o = yv * (gv - dot);
+                }
+            }
+        }
     }
 }
 
@@ -282,5 +294,32 @@ mod tests {
         let want = g_ref.get(&x).expect("grad should exist");
         assert_close(got, want, 1e-5, "dx through transpose");
         Ok(())
+    }
+
+    /// Deterministic values in about [-6, 6].
+    fn wavy(len: usize, phase: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 + phase) * 0.731).sin() * 6.0)
+            .collect()
+    }
+
+    #[test]
+    fn every_vector_width_computes_the_same_bits() {
+        use crate::engine::ops::simd::tests::{assert_same_bits, at_every_level};
+        let d = 37;
+        let (x, g) = (wavy(5 * d, 0.0), wavy(5 * d, 3.0));
+        let runs = at_every_level(|| {
+            let mut all = Vec::new();
+            for log in [false, true] {
+                let mut y = vec![0f32; x.len()];
+                softmax_rows(&x, &mut y, d, log);
+                let mut dx = vec![0f32; x.len()];
+                softmax_grad_rows(&y, &g, &mut dx, d, log);
+                all.extend(y);
+                all.extend(dx);
+            }
+            all
+        });
+        assert_same_bits("softmax", &runs);
     }
 }
