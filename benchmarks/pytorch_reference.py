@@ -14,7 +14,7 @@ Not run by CI (it needs torch; on a machine without it, PyPI's wheel runs on the
 Run it beside the Rust bench on the same machine, with the same thread count, in one
 series:
 
-    RAYON_NUM_THREADS=2 patchwork bench train --models tiny16,tiny4
+    patchwork bench train --threads 2 --models tiny16,tiny4
     python3 benchmarks/pytorch_reference.py --threads 2 --models tiny16,tiny4
 
 and on a GPU:
