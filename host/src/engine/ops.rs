@@ -24,6 +24,7 @@ mod linear;
 mod matmul;
 mod simd;
 mod softmax;
+mod uninit;
 
 pub use attention::{attention, composed as attention_composed, self_attention, split_heads};
 pub use bias::broadcast_add;
@@ -129,33 +130,26 @@ fn threads() -> usize {
     *THREADS.get_or_init(candle_core::utils::get_num_threads)
 }
 
-/// Calls `f(part, chunk)` on each `part_len`-element part of `dst`, one part per task
-/// of candle's worker pool (for work already sized to the threads, which
-/// [`for_each_row_block`] would split by element count instead).
-fn for_each_part<F>(dst: &mut [f32], part_len: usize, f: F)
+/// Calls `f(item)` on each item, one item per task of candle's worker pool (for work
+/// already cut to the threads, which [`for_each_row_block`] would split by element
+/// count instead).
+fn for_each_item<T, F>(items: Vec<T>, f: F)
 where
-    F: Fn(usize, &mut [f32]) + Sync,
+    T: Send,
+    F: Fn(T) + Sync,
 {
-    if dst.is_empty() || part_len == 0 {
-        return;
-    }
     let pool = candle_core::utils::barrier_pool();
-    if pool.n_workers() == 0 {
-        for (i, chunk) in dst.chunks_mut(part_len).enumerate() {
-            f(i, chunk);
-        }
+    if pool.n_workers() == 0 || items.len() <= 1 {
+        items.into_iter().for_each(f);
         return;
     }
-    let parts: Vec<Mutex<(usize, &mut [f32])>> = dst
-        .chunks_mut(part_len)
-        .enumerate()
-        .map(|(i, chunk)| Mutex::new((i, chunk)))
-        .collect();
-    pool.execute_chunked(parts.len(), |range| {
-        for part in &parts[range] {
-            let mut guard = part.lock().unwrap_or_else(PoisonError::into_inner);
-            let (i, ref mut chunk) = *guard;
-            f(i, chunk);
+    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    pool.execute_chunked(slots.len(), |range| {
+        for slot in &slots[range] {
+            let item = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(item) = item {
+                f(item);
+            }
         }
     });
 }

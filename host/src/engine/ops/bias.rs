@@ -122,7 +122,7 @@ pub(super) fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
 
 vectorized! {
     /// Adds each `acc.len()`-wide row of `rows` onto `acc`.
-    fn add_rows(acc: &mut [f32], rows: &[f32]) {
+    pub(super) fn add_rows(acc: &mut [f32], rows: &[f32]) {
         for row in rows.chunks_exact(acc.len().max(1)) {
             for (a, v) in acc.iter_mut().zip(row) {
                 *a += v;

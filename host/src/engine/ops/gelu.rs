@@ -76,6 +76,15 @@ vectorized! {
 }
 
 vectorized! {
+    /// `x = gelu(x)`, element-wise.
+    pub(super) fn gelu_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu_value(*v);
+        }
+    }
+}
+
+vectorized! {
     /// `dx = g·gelu'(x)`, element-wise.
     pub(super) fn gelu_grad_into(x: &[f32], g: &[f32], dx: &mut [f32]) {
         for ((o, xv), gv) in dx.iter_mut().zip(x).zip(g) {

@@ -9,17 +9,20 @@
 //! The pre-activation (which GELU's backward needs) is kept inside the op, as the
 //! composed graph kept it as the activation's input.
 
-use std::{borrow::Cow, sync::OnceLock};
+use std::sync::OnceLock;
 
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, D, Device, Layout, Result, Shape, Storage, Tensor, bail,
+    CpuStorage, CustomOp2, CustomOp3, D, DType, Device, Layout, Result, Shape, Storage, Tensor,
+    bail,
 };
 
 use super::{
-    Route, f32_slice, for_each_row_block,
-    gelu::{gelu_grad_into, gelu_into},
+    Route,
+    bias::add_rows,
+    f32_slice,
+    gelu::{gelu_grad_into, gelu_in_place},
     matmul::{Mode, Operand, product_with},
-    route, same_length,
+    route, same_length, uninit,
 };
 use crate::engine::autocast;
 
@@ -120,38 +123,67 @@ impl Linear {
         let w = f32_slice(ws, wl, "linear weight")?;
         let (out_dim, in_dim, rows) = shapes(xl, wl)?;
         same_length("linear input", rows * in_dim, x.len())?;
-        let mut h = match bias {
+        let b = match bias {
             Some((bs, bl)) => {
                 let b = f32_slice(bs, bl, "linear bias")?;
                 same_length("linear bias", out_dim, b.len())?;
-                b.repeat(rows)
+                Some(b)
             }
-            None => vec![0f32; rows * out_dim],
+            None => None,
         };
-        let mode = Mode {
-            accumulate: bias.is_some(),
-            parallel: true,
+        let gelu = self.act == Activation::Gelu;
+        let len = rows * out_dim;
+        let share = rows.div_ceil(parts(rows)).max(1);
+        let wt = Operand::transposed(w, in_dim);
+        let step = (CHUNK_ROWS * out_dim).max(1);
+        let mut y = Vec::new();
+        // SAFETY: the parts below cover all of `h` (and of `y`), each part's chunks
+        // cover the part, and each chunk is written by `rows_of`/`zeros` (and
+        // `copy_of`) before anything reads it.
+        let h = unsafe {
+            uninit::filled(len, |h| {
+                y = uninit::filled(if gelu { len } else { 0 }, |y| {
+                    let mut y_parts = y.chunks_mut(share * out_dim.max(1));
+                    let items: Vec<_> = h
+                        .chunks_mut(share * out_dim.max(1))
+                        .enumerate()
+                        .map(|(p, hp)| (p * share, hp, y_parts.next()))
+                        .collect();
+                    super::for_each_item(items, |(first, hp, mut yp)| {
+                        for (c, hc) in hp.chunks_mut(step).enumerate() {
+                            let r0 = first + c * CHUNK_ROWS;
+                            let n = hc.len() / out_dim.max(1);
+                            let hc = match b {
+                                Some(b) => uninit::rows_of(hc, b),
+                                None => uninit::zeros(hc),
+                            };
+                            let xc = Operand::rows(&x[r0 * in_dim..], in_dim);
+                            let mode = Mode {
+                                accumulate: b.is_some(),
+                                parallel: false,
+                            };
+                            product_with(n, out_dim, in_dim, hc, out_dim, xc, wt, 1.0, mode);
+                            if let Some(yp) = yp.as_deref_mut() {
+                                let yc = &mut yp[c * step..c * step + hc.len()];
+                                gelu_in_place(uninit::copy_of(yc, hc));
+                            }
+                        }
+                    });
+                })
+            })
         };
-        let (xm, wt) = (Operand::rows(x, in_dim), Operand::transposed(w, in_dim));
-        product_with(rows, out_dim, in_dim, &mut h, out_dim, xm, wt, 1.0, mode);
         let mut dims = xl.dims().to_vec();
         dims.pop();
         dims.push(out_dim);
-        let y = match self.act {
-            Activation::Identity => h,
-            Activation::Gelu => {
-                let mut y = vec![0f32; h.len()];
-                for_each_row_block(&mut y, out_dim, |first, out| {
-                    let start = first * out_dim;
-                    gelu_into(&h[start..start + out.len()], out);
-                });
-                if self.pre.set(h).is_err() {
-                    bail!("linear: the op ran its forward pass twice");
-                }
-                y
+        let out = if gelu {
+            if self.pre.set(h).is_err() {
+                bail!("linear: the op ran its forward pass twice");
             }
+            y
+        } else {
+            h
         };
-        Ok((CpuStorage::F32(y), Shape::from_dims(&dims)))
+        Ok((CpuStorage::F32(out), Shape::from_dims(&dims)))
     }
 
     /// The backward kernel: the gradients of `x`, `w` and (when `bias`) `b`.
@@ -175,100 +207,111 @@ impl Linear {
         let g = f32_slice(gs, gl, "linear output gradient")?;
         let (out_dim, in_dim, rows) = shapes(xl, wl)?;
         same_length("linear", rows * out_dim, g.len())?;
-        let gh: Cow<'_, [f32]> = match self.act {
-            Activation::Identity => Cow::Borrowed(g),
-            Activation::Gelu => {
-                let Some(pre) = self.pre.get() else {
-                    bail!("linear backward: no pre-activation kept by the forward pass");
-                };
-                same_length("linear", pre.len(), g.len())?;
-                let mut gh = vec![0f32; g.len()];
-                for_each_row_block(&mut gh, out_dim, |first, out| {
-                    let range = first * out_dim..first * out_dim + out.len();
-                    gelu_grad_into(&pre[range.clone()], &g[range], out);
-                });
-                Cow::Owned(gh)
-            }
+        let pre = match self.act {
+            Activation::Identity => None,
+            Activation::Gelu => match self.pre.get() {
+                Some(pre) => {
+                    same_length("linear", pre.len(), g.len())?;
+                    Some(pre.as_slice())
+                }
+                None => bail!("linear backward: no pre-activation kept by the forward pass"),
+            },
         };
-        let db = bias.then(|| super::bias::column_sums(&gh, out_dim));
-        let mut dx = vec![0f32; rows * in_dim];
-        let (gm, wm) = (Operand::rows(&gh, out_dim), Operand::rows(w_data, in_dim));
-        product_with(
-            rows,
-            in_dim,
-            out_dim,
-            &mut dx,
-            in_dim,
-            gm,
-            wm,
-            1.0,
-            Mode::PARALLEL,
-        );
-        let dw = weight_gradient(&gh, x_data, out_dim, in_dim, rows);
+        let size = out_dim * in_dim;
         let cpu = &Device::Cpu;
+        if rows == 0 || out_dim == 0 {
+            return Ok((
+                Tensor::zeros(xl.shape(), DType::F32, cpu)?,
+                Tensor::zeros(wl.shape(), DType::F32, cpu)?,
+                bias.then(|| Tensor::zeros(out_dim, DType::F32, cpu))
+                    .transpose()?,
+            ));
+        }
+        let parts = parts(rows);
+        let share = rows.div_ceil(parts).max(1);
+        // Per part: its rows' dW, then their db, added in part order afterwards so the
+        // result does not depend on which worker ran which part.
+        let mut partials = vec![0f32; parts * (size + out_dim)];
+        let wm = Operand::rows(w_data, in_dim);
+        // SAFETY: the parts below split all of `dx` by rows (`parts · share ≥ rows`),
+        // and each part writes its rows chunk by chunk with `zeros` before the product
+        // that overwrites them.
+        let dx = unsafe {
+            uninit::filled(rows * in_dim, |dx| {
+                let mut rest = dx;
+                let mut items = Vec::with_capacity(parts);
+                for (p, acc) in partials.chunks_mut(size + out_dim).enumerate() {
+                    let first = (p * share).min(rows);
+                    let count = share.min(rows - first);
+                    let (dxp, tail) = std::mem::take(&mut rest).split_at_mut(count * in_dim);
+                    rest = tail;
+                    items.push((first, count, dxp, acc));
+                }
+                super::for_each_item(items, |(first, count, dxp, acc)| {
+                    let (dw, db) = acc.split_at_mut(size);
+                    let mut gh = vec![
+                        0f32;
+                        if pre.is_some() {
+                            CHUNK_ROWS * out_dim
+                        } else {
+                            0
+                        }
+                    ];
+                    for start in (0..count).step_by(CHUNK_ROWS) {
+                        let (r0, n) = (first + start, CHUNK_ROWS.min(count - start));
+                        let gc = &g[r0 * out_dim..(r0 + n) * out_dim];
+                        let ghc: &[f32] = match pre {
+                            Some(pre) => {
+                                let ghc = &mut gh[..n * out_dim];
+                                gelu_grad_into(&pre[r0 * out_dim..(r0 + n) * out_dim], gc, ghc);
+                                ghc
+                            }
+                            None => gc,
+                        };
+                        if bias {
+                            add_rows(db, ghc);
+                        }
+                        let dxc = uninit::zeros(&mut dxp[start * in_dim..(start + n) * in_dim]);
+                        let gm = Operand::rows(ghc, out_dim);
+                        product_with(n, in_dim, out_dim, dxc, in_dim, gm, wm, 1.0, Mode::INLINE);
+                        let (gt, xc) = (
+                            Operand::transposed(ghc, out_dim),
+                            Operand::rows(&x_data[r0 * in_dim..], in_dim),
+                        );
+                        let add = Mode {
+                            accumulate: true,
+                            parallel: false,
+                        };
+                        product_with(out_dim, in_dim, n, dw, in_dim, gt, xc, 1.0, add);
+                    }
+                });
+            })
+        };
+        let (total, rest) = partials.split_at_mut(size + out_dim);
+        for partial in rest.chunks_exact(size + out_dim) {
+            for (t, p) in total.iter_mut().zip(partial) {
+                *t += p;
+            }
+        }
+        partials.truncate(size + out_dim);
+        let db = partials.split_off(size);
         Ok((
             Tensor::from_vec(dx, xl.shape(), cpu)?,
-            Tensor::from_vec(dw, wl.shape(), cpu)?,
-            db.map(|db| Tensor::from_vec(db, out_dim, cpu))
+            Tensor::from_vec(partials, wl.shape(), cpu)?,
+            bias.then(|| Tensor::from_vec(db, out_dim, cpu))
                 .transpose()?,
         ))
     }
 }
 
-/// Rows of the input per part of a split weight gradient; fewer run as one product.
-const SPLIT_ROWS: usize = 1024;
+/// Rows per chunk of the kernels: each worker runs its share of the rows a chunk at a
+/// time, so a chunk's product is still in cache when the bias, the activation (or its
+/// gradient) and the next product read it, instead of each being a pass over memory.
+const CHUNK_ROWS: usize = 256;
 
-/// `dW = ghᵀ·x` (`out × in`, summed over `rows`). The output is small and the sum
-/// long, which gemm splits poorly over threads (~125-170 GFLOP/s on two cores for
-/// ViT-Tiny's layers); instead each worker sums its own share of the rows on one
-/// thread (~105-110 each) and the partial products are added in order, so the result
-/// does not depend on which worker ran which part.
-fn weight_gradient(gh: &[f32], x: &[f32], out_dim: usize, in_dim: usize, rows: usize) -> Vec<f32> {
-    let parts = super::threads().min(rows / SPLIT_ROWS).max(1);
-    let size = out_dim * in_dim;
-    if parts == 1 || size == 0 {
-        let mut dw = vec![0f32; size];
-        let (gt, xm) = (Operand::transposed(gh, out_dim), Operand::rows(x, in_dim));
-        product_with(
-            out_dim,
-            in_dim,
-            rows,
-            &mut dw,
-            in_dim,
-            gt,
-            xm,
-            1.0,
-            Mode::PARALLEL,
-        );
-        return dw;
-    }
-    let share = rows.div_ceil(parts);
-    let mut partials = vec![0f32; parts * size];
-    super::for_each_part(&mut partials, size, |part, dst| {
-        let first = (part * share).min(rows);
-        let count = share.min(rows - first);
-        let gt = Operand::transposed(&gh[first * out_dim..], out_dim);
-        let xm = Operand::rows(&x[first * in_dim..], in_dim);
-        product_with(
-            out_dim,
-            in_dim,
-            count,
-            dst,
-            in_dim,
-            gt,
-            xm,
-            1.0,
-            Mode::INLINE,
-        );
-    });
-    let (dw, rest) = partials.split_at_mut(size);
-    for partial in rest.chunks_exact(size) {
-        for (d, p) in dw.iter_mut().zip(partial) {
-            *d += p;
-        }
-    }
-    partials.truncate(size);
-    partials
+/// Parts the rows are split into: one per worker, while each has a chunk or more.
+fn parts(rows: usize) -> usize {
+    super::threads().min(rows.div_ceil(CHUNK_ROWS)).max(1)
 }
 
 /// `(out, in, rows)` of an input `(…, in)` and a weight `(out, in)`.
@@ -396,8 +439,9 @@ mod tests {
             // Rows over several blocks of the pool, widths past a vector's.
             check(&[4, 65, 24], 97, true, act, seed + 5)?;
             check(&[300, 33], 130, false, act, seed + 6)?;
-            // Enough rows for the weight gradient to split over the workers.
+            // Rows over several chunks and parts, the last chunk partial.
             check(&[3, 700, 5], 7, true, act, seed + 7)?;
+            check(&[1, 1029, 9], 6, false, act, seed + 9)?;
         }
         Ok(())
     }
@@ -419,14 +463,32 @@ mod tests {
     }
 
     #[test]
+    fn no_rows_give_empty_outputs_and_zero_gradients() -> Result<()> {
+        let dev = &Device::Cpu;
+        let x = Var::from_tensor(&Tensor::zeros((0, 3), DType::F32, dev)?)?;
+        let w = Var::from_tensor(&randn(5, &[4, 3], 1.0, 0.0, dev)?)?;
+        let b = Var::from_tensor(&randn(6, &[4], 1.0, 0.0, dev)?)?;
+        for act in [Activation::Identity, Activation::Gelu] {
+            let y = linear(&x, &w, Some(&b), act)?;
+            assert_eq!(y.dims(), [0, 4]);
+            let grads = y.sum_all()?.backward()?;
+            let dw = grads.get(&w).expect("weight gradient");
+            assert_eq!(dw.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+            let db = grads.get(&b).expect("bias gradient");
+            assert_eq!(db.dims(), [4]);
+        }
+        Ok(())
+    }
+
+    #[test]
     fn bad_shapes_are_refused() -> Result<()> {
         let dev = &Device::Cpu;
-        let x = Tensor::zeros((2, 3), candle_core::DType::F32, dev)?;
-        let w = Tensor::zeros((4, 5), candle_core::DType::F32, dev)?;
+        let x = Tensor::zeros((2, 3), DType::F32, dev)?;
+        let w = Tensor::zeros((4, 5), DType::F32, dev)?;
         let err = linear(&x, &w, None, Activation::Identity).expect_err("width mismatch");
         assert!(err.to_string().contains("input width 5"), "{err}");
-        let w = Tensor::zeros((4, 3), candle_core::DType::F32, dev)?;
-        let b = Tensor::zeros(3, candle_core::DType::F32, dev)?;
+        let w = Tensor::zeros((4, 3), DType::F32, dev)?;
+        let b = Tensor::zeros(3, DType::F32, dev)?;
         let err = linear(&x, &w, Some(&b), Activation::Identity).expect_err("bias mismatch");
         assert!(err.to_string().contains("should be [4]"), "{err}");
         Ok(())

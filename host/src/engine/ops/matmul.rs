@@ -61,11 +61,6 @@ impl Mode {
         accumulate: false,
         parallel: false,
     };
-    /// Overwrite, over the worker threads.
-    pub(super) const PARALLEL: Self = Self {
-        accumulate: false,
-        parallel: true,
-    };
 }
 
 /// `dst = scale · a·b` for `a` of `m × k` and `b` of `k × n`, `dst` holding `m` rows of
@@ -208,7 +203,11 @@ mod tests {
         }
         let (oa, ob) = (Operand::rows(&a, k), Operand::rows(&b, n));
         let mut par = vec![0f32; m * n];
-        product_with(m, n, k, &mut par, n, oa, ob, 1.0, Mode::PARALLEL);
+        let over_threads = Mode {
+            accumulate: false,
+            parallel: true,
+        };
+        product_with(m, n, k, &mut par, n, oa, ob, 1.0, over_threads);
         let mut acc = vec![1f32; m * n];
         let add = Mode {
             accumulate: true,
