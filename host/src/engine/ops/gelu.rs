@@ -241,16 +241,9 @@ mod tests {
         Ok(())
     }
 
-    /// Deterministic values in about [-6, 6].
-    fn wavy(len: usize, phase: f32) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i as f32 + phase) * 0.731).sin() * 6.0)
-            .collect()
-    }
-
     #[test]
     fn every_vector_width_computes_the_same_bits() {
-        use crate::engine::ops::simd::tests::{assert_same_bits, at_every_level};
+        use crate::engine::ops::simd::tests::{assert_same_bits, at_every_level, wavy};
         let (x, g) = (wavy(1029, 0.0), wavy(1029, 3.0));
         let runs = at_every_level(|| {
             let mut y = vec![0f32; x.len()];

@@ -117,6 +117,13 @@ pub(super) mod tests {
         out
     }
 
+    /// Deterministic values in about [-6, 6] for the kernels' same-bits tests.
+    pub(in crate::engine::ops) fn wavy(len: usize, phase: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 + phase) * 0.731).sin() * 6.0)
+            .collect()
+    }
+
     /// Asserts every level's answer has the baseline's bits.
     pub(in crate::engine::ops) fn assert_same_bits(what: &str, runs: &[(Level, Vec<f32>)]) {
         let Some((_, want)) = runs.first() else {

@@ -296,16 +296,9 @@ mod tests {
         Ok(())
     }
 
-    /// Deterministic values in about [-6, 6].
-    fn wavy(len: usize, phase: f32) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i as f32 + phase) * 0.731).sin() * 6.0)
-            .collect()
-    }
-
     #[test]
     fn every_vector_width_computes_the_same_bits() {
-        use crate::engine::ops::simd::tests::{assert_same_bits, at_every_level};
+        use crate::engine::ops::simd::tests::{assert_same_bits, at_every_level, wavy};
         let d = 37;
         let (x, g) = (wavy(5 * d, 0.0), wavy(5 * d, 3.0));
         let runs = at_every_level(|| {
