@@ -16,6 +16,7 @@
 
 mod attention;
 mod bias;
+mod bias_gelu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod gelu;
@@ -28,6 +29,7 @@ mod uninit;
 
 pub use attention::{attention, composed as attention_composed, self_attention, split_heads};
 pub use bias::broadcast_add;
+pub use bias_gelu::bias_gelu;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::{Activation, composed as linear_composed, linear};

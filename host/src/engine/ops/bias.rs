@@ -132,7 +132,7 @@ vectorized! {
 }
 
 /// Backward kernel of the bias: the column sums of the output gradient.
-struct ColumnSum;
+pub(super) struct ColumnSum;
 
 impl CustomOp1 for ColumnSum {
     fn name(&self) -> &'static str {

@@ -248,6 +248,49 @@ pub(super) fn add_bias(
     Ok(y)
 }
 
+/// `gelu(x + bias)` with `bias` (length `d`) broadcast over the rows of `x`.
+pub(super) fn bias_gelu(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    bias: &CudaView<'_, f32>,
+) -> Result<CudaSlice<f32>> {
+    let (n, d) = (x.len(), bias.len());
+    if d == 0 || n % d != 0 {
+        bail!("bias_gelu: bias length {d} does not divide the input's {n} elements");
+    }
+    let y = output(dev, n)?;
+    let (n_i, d_i) = (n as i64, int(d, "row length")?);
+    let func = dev.get_or_load_custom_func("pw_bias_gelu_fwd", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(x).arg(bias).arg(&y).arg(&n_i).arg(&d_i);
+    // SAFETY: the arguments match the kernel; `x` and `y` hold n floats, `bias` d.
+    unsafe { b.launch(elementwise_config(n)) }.w()?;
+    Ok(y)
+}
+
+/// bias+GELU backward: `g·gelu'(x + bias)` from the input, the bias and the output
+/// gradient.
+pub(super) fn bias_gelu_bwd(
+    dev: &CudaDevice,
+    x: &CudaView<'_, f32>,
+    bias: &CudaView<'_, f32>,
+    g: &CudaView<'_, f32>,
+) -> Result<CudaSlice<f32>> {
+    super::same_length("bias_gelu", x.len(), g.len())?;
+    let (n, d) = (x.len(), bias.len());
+    if d == 0 || n % d != 0 {
+        bail!("bias_gelu: bias length {d} does not divide the input's {n} elements");
+    }
+    let dx = output(dev, n)?;
+    let (n_i, d_i) = (n as i64, int(d, "row length")?);
+    let func = dev.get_or_load_custom_func("pw_bias_gelu_bwd", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(x).arg(bias).arg(g).arg(&dx).arg(&n_i).arg(&d_i);
+    // SAFETY: the arguments match the kernel; `x`, `g` and `dx` hold n floats, `bias` d.
+    unsafe { b.launch(elementwise_config(n)) }.w()?;
+    Ok(dx)
+}
+
 /// Column sums of `a` (`rows` × `d`).
 pub(super) fn column_sums(
     dev: &CudaDevice,

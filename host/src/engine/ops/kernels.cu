@@ -168,6 +168,28 @@ extern "C" __global__ void pw_gelu_bwd(const float *x, const float *g, float *dx
     }
 }
 
+// `y = gelu(x + b)`, `b` (length `d`) broadcast over the rows of `x`.
+extern "C" __global__ void pw_bias_gelu_fwd(const float *x, const float *b, float *y, long long n,
+                                            int d) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float v = x[i] + b[i % d];
+        y[i] = v * normcdff(v);
+    }
+}
+
+// bias+GELU backward: `dx = g * gelu'(x + b)`; the bias gradient is the column sums of `dx`.
+extern "C" __global__ void pw_bias_gelu_bwd(const float *x, const float *b, const float *g,
+                                            float *dx, long long n, int d) {
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const float v = x[i] + b[i % d];
+        const float density = inv_sqrt_2pi * expf(-0.5f * v * v);
+        dx[i] = g[i] * (normcdff(v) + v * density);
+    }
+}
+
 // `y = x + b`, `b` (length `d`) broadcast over the rows of `x`.
 extern "C" __global__ void pw_add_bias(const float *x, const float *b, float *y, long long n,
                                        int d) {

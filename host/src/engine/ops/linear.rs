@@ -85,13 +85,13 @@ pub fn composed(
     let mut dims = x.dims().to_vec();
     let in_dim = dims.pop().unwrap_or(1);
     let rows: usize = dims.iter().product();
-    let mut y = autocast::matmul(&x.reshape((rows, in_dim))?, &weight.t()?)?;
-    if let Some(b) = bias {
-        y = super::broadcast_add(&y, b)?;
-    }
-    if act == Activation::Gelu {
-        y = super::gelu_erf(&y)?;
-    }
+    let y = autocast::matmul(&x.reshape((rows, in_dim))?, &weight.t()?)?;
+    let y = match (bias, act) {
+        (Some(b), Activation::Gelu) => super::bias_gelu(&y, b)?,
+        (Some(b), Activation::Identity) => super::broadcast_add(&y, b)?,
+        (None, Activation::Gelu) => super::gelu_erf(&y)?,
+        (None, Activation::Identity) => y,
+    };
     dims.push(weight.dim(0)?);
     y.reshape(dims)
 }
