@@ -23,9 +23,9 @@ pub fn broadcast_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// Refuses a bias whose length is not the input's last dimension `d`.
-fn bias_fits(len: usize, d: usize) -> Result<()> {
+pub(super) fn bias_fits(what: &str, len: usize, d: usize) -> Result<()> {
     if len != d {
-        candle_core::bail!("add_bias: bias length {len} should be {d}");
+        candle_core::bail!("{what}: bias length {len} should be {d}");
     }
     Ok(())
 }
@@ -49,7 +49,7 @@ impl CustomOp2 for AddBias {
         let x = f32_slice(s1, l1, "add_bias input")?;
         let b = f32_slice(s2, l2, "add_bias bias")?;
         let d = last_dim(l1);
-        bias_fits(b.len(), d)?;
+        bias_fits("add_bias", b.len(), d)?;
         let mut y = vec![0f32; x.len()];
         for_each_row_block(&mut y, d, |first, out| {
             let src = &x[first * d..first * d + out.len()];
@@ -76,7 +76,7 @@ impl CustomOp2 for AddBias {
             (s2, l2),
             ["add_bias input", "add_bias bias"],
             |dev, x, b| {
-                bias_fits(b.len(), d)?;
+                bias_fits("add_bias", b.len(), d)?;
                 super::cuda::add_bias(dev, x, b)
             },
         )

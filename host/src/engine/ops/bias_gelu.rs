@@ -6,7 +6,9 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 
 use super::{
-    Route, f32_slice, for_each_row_block,
+    Route,
+    bias::bias_fits,
+    f32_slice, for_each_row_block,
     gelu::{gelu_slope, gelu_value},
     last_dim, route, same_length,
     simd::vectorized,
@@ -29,14 +31,6 @@ pub fn bias_gelu(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// The composed reference.
 pub fn composed(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     super::gelu_erf(&super::broadcast_add(x, b)?)
-}
-
-/// Refuses a bias whose length is not the input's last dimension `d`.
-fn bias_fits(len: usize, d: usize) -> Result<()> {
-    if len != d {
-        candle_core::bail!("bias_gelu: bias length {len} should be {d}");
-    }
-    Ok(())
 }
 
 vectorized! {
@@ -82,7 +76,7 @@ impl CustomOp2 for BiasGelu {
         let x = f32_slice(s1, l1, "bias_gelu input")?;
         let b = f32_slice(s2, l2, "bias_gelu bias")?;
         let d = last_dim(l1);
-        bias_fits(b.len(), d)?;
+        bias_fits("bias_gelu", b.len(), d)?;
         let mut y = vec![0f32; x.len()];
         for_each_row_block(&mut y, d, |first, out| {
             let start = first * d;
@@ -105,7 +99,7 @@ impl CustomOp2 for BiasGelu {
             (s2, l2),
             ["bias_gelu input", "bias_gelu bias"],
             |dev, x, b| {
-                bias_fits(b.len(), d)?;
+                bias_fits("bias_gelu", b.len(), d)?;
                 super::cuda::bias_gelu(dev, x, b)
             },
         )
@@ -147,7 +141,7 @@ impl CustomOp3 for BiasGeluBwd {
         let b = f32_slice(s2, l2, "bias_gelu bias")?;
         let g = f32_slice(s3, l3, "bias_gelu output gradient")?;
         let d = last_dim(l1);
-        bias_fits(b.len(), d)?;
+        bias_fits("bias_gelu", b.len(), d)?;
         same_length("bias_gelu", x.len(), g.len())?;
         let mut dx = vec![0f32; x.len()];
         for_each_row_block(&mut dx, d, |first, out| {
@@ -172,7 +166,7 @@ impl CustomOp3 for BiasGeluBwd {
         let x = cuda::view(s1, l1, "bias_gelu input")?;
         let b = cuda::view(s2, l2, "bias_gelu bias")?;
         let g = cuda::view(s3, l3, "bias_gelu output gradient")?;
-        bias_fits(b.len(), d)?;
+        bias_fits("bias_gelu", b.len(), d)?;
         same_length("bias_gelu", x.len(), g.len())?;
         let dx = cuda::bias_gelu_bwd(&s1.device, &x, &b, &g)?;
         Ok((cuda::storage(dx, &s1.device), l1.shape().clone()))

@@ -67,6 +67,15 @@ fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
     unsafe { dev.alloc::<f32>(len.max(1)) }
 }
 
+/// The row length `d` of a bias broadcast over `n` elements, as the kernels' `int`;
+/// refuses a bias that does not divide them.
+fn bias_rows(what: &str, n: usize, d: usize) -> Result<i32> {
+    if d == 0 || n % d != 0 {
+        bail!("{what}: bias length {d} does not divide the input's {n} elements");
+    }
+    int(d, "row length")
+}
+
 /// Length as the kernels' `int`, refusing tensors too large for it.
 fn int(n: usize, what: &str) -> Result<i32> {
     i32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("{what} {n} exceeds i32")))
@@ -235,11 +244,9 @@ pub(super) fn add_bias(
     bias: &CudaView<'_, f32>,
 ) -> Result<CudaSlice<f32>> {
     let (n, d) = (x.len(), bias.len());
-    if d == 0 || n % d != 0 {
-        bail!("add_bias: bias length {d} does not divide the input's {n} elements");
-    }
+    let d_i = bias_rows("add_bias", n, d)?;
     let y = output(dev, n)?;
-    let (n_i, d_i) = (n as i64, int(d.max(1), "row length")?);
+    let n_i = n as i64;
     let func = dev.get_or_load_custom_func("pw_add_bias", MODULE, PTX)?;
     let mut b = func.builder();
     b.arg(x).arg(bias).arg(&y).arg(&n_i).arg(&d_i);
@@ -255,11 +262,9 @@ pub(super) fn bias_gelu(
     bias: &CudaView<'_, f32>,
 ) -> Result<CudaSlice<f32>> {
     let (n, d) = (x.len(), bias.len());
-    if d == 0 || n % d != 0 {
-        bail!("bias_gelu: bias length {d} does not divide the input's {n} elements");
-    }
+    let d_i = bias_rows("bias_gelu", n, d)?;
     let y = output(dev, n)?;
-    let (n_i, d_i) = (n as i64, int(d, "row length")?);
+    let n_i = n as i64;
     let func = dev.get_or_load_custom_func("pw_bias_gelu_fwd", MODULE, PTX)?;
     let mut b = func.builder();
     b.arg(x).arg(bias).arg(&y).arg(&n_i).arg(&d_i);
@@ -278,11 +283,9 @@ pub(super) fn bias_gelu_bwd(
 ) -> Result<CudaSlice<f32>> {
     super::same_length("bias_gelu", x.len(), g.len())?;
     let (n, d) = (x.len(), bias.len());
-    if d == 0 || n % d != 0 {
-        bail!("bias_gelu: bias length {d} does not divide the input's {n} elements");
-    }
+    let d_i = bias_rows("bias_gelu", n, d)?;
     let dx = output(dev, n)?;
-    let (n_i, d_i) = (n as i64, int(d, "row length")?);
+    let n_i = n as i64;
     let func = dev.get_or_load_custom_func("pw_bias_gelu_bwd", MODULE, PTX)?;
     let mut b = func.builder();
     b.arg(x).arg(bias).arg(g).arg(&dx).arg(&n_i).arg(&d_i);
