@@ -191,10 +191,10 @@ pub enum DataCommand {
 /// the workspace's `plugin_dirs` and `--plugins`.
 pub fn plugin_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            dirs.push(dir.to_path_buf());
-        }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.to_path_buf());
     }
     if let Some(paths) = std::env::var_os("PATCHWORK_PLUGIN_PATH") {
         dirs.extend(std::env::split_paths(&paths));

@@ -182,7 +182,7 @@ impl NativeDino {
     /// init), a teacher copied from it, a zero centre and a fresh AdamW.
     pub fn new(cfg: &NativeConfig, device: &Device, seed: u64) -> Result<Self> {
         let p = cfg.patch_size;
-        let fits = |n: usize| p > 0 && n % p == 0;
+        let fits = |n: usize| p > 0 && n.is_multiple_of(p);
         if !fits(cfg.img_size) || !fits(cfg.local_size) || cfg.num_heads == 0 {
             bail!(
                 "native dino needs img_size '{}' and local_size '{}' to be multiples of \
@@ -191,7 +191,7 @@ impl NativeDino {
                 cfg.local_size
             );
         }
-        if cfg.embed_dim % cfg.num_heads != 0 {
+        if !cfg.embed_dim.is_multiple_of(cfg.num_heads) {
             bail!(
                 "native dino embed_dim '{}' is not divisible by num_heads '{}'",
                 cfg.embed_dim,

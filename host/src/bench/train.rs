@@ -2,7 +2,10 @@
 //! through the plugin path and through the same model written natively in the host,
 //! measured alternately in one run so the ratio is fair.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use abi_stable::std_types::{ROption, RVec};
 use anyhow::{Context, Result, anyhow};
@@ -24,7 +27,8 @@ use crate::{
 /// Arguments of `patchwork bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `train` (plugin vs native step) or `data` (loader vs step).
+    /// What to measure: `train` (ViT-Tiny and plugin vs native steps), `data` (loader vs
+    /// step) or `peak` (the CPU's fp32 FMA peak on the worker threads).
     #[arg(default_value = "train")]
     pub what: String,
     /// Timed steps per round and path.
@@ -46,10 +50,10 @@ pub struct BenchArgs {
     /// `train`: untimed warm-up steps per ViT-Tiny model.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// The machine's fp32 peak in GFLOP/s that achieved rates are compared with
-    /// (default: the 2-core Zen 4 CI machine's, measured with an FMA loop).
-    #[arg(long, default_value_t = 230.0)]
-    pub peak_gflops: f64,
+    /// The fp32 peak in GFLOP/s that achieved rates are compared with (default on the
+    /// CPU: measured first, as `patchwork bench peak` does; on CUDA: none).
+    #[arg(long)]
+    pub peak_gflops: Option<f64>,
     /// `train`: also print where the ViT-Tiny train step spends its time (forward,
     /// backward, optimizer, and the host's fused kernels in each).
     #[arg(long)]
@@ -200,14 +204,36 @@ fn target(args: &BenchArgs) -> Result<Target> {
     Ok(Target { device, bf16 })
 }
 
+/// How long `patchwork bench peak` runs its FMA loop.
+const PEAK_TIME: Duration = Duration::from_secs(1);
+
+/// The fp32 peak on the process's worker threads.
+fn measure_peak(time: Duration) -> super::peak::Peak {
+    super::peak::measure(candle_core::utils::get_num_threads(), time)
+}
+
 /// Runs `patchwork bench`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
     match args.what.as_str() {
         "train" => {}
         "data" => return super::data::bench_data(args),
-        other => anyhow::bail!("unknown benchmark '{other}' (available: train, data)"),
+        "peak" => {
+            super::peak::print(&measure_peak(PEAK_TIME));
+            return Ok(());
+        }
+        other => anyhow::bail!("unknown benchmark '{other}' (available: train, data, peak)"),
     }
     let target = target(args)?;
+    let vit_models = args.models.iter().any(|m| m != "quickstart");
+    let peak_gflops = match args.peak_gflops {
+        Some(given) => Some(given),
+        None if vit_models && target.device.is_cpu() => {
+            let peak = measure_peak(PEAK_TIME / 2);
+            super::peak::print(&peak);
+            Some(peak.gflops)
+        }
+        None => None,
+    };
     let registry = PluginRegistry::discover(&plugin_dirs(&args.plugin_dirs));
     let vit = registry.require("vit", PluginKind::BACKBONE)?;
     for name in &args.models {
@@ -236,7 +262,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             args.profile,
             &target,
         )?;
-        super::vit::print(&m, args.batch, &target, args.peak_gflops, &figures);
+        super::vit::print(&m, args.batch, &target, peak_gflops, &figures);
     }
     if !args.models.iter().any(|m| m == "quickstart") {
         return Ok(());

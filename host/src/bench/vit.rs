@@ -197,7 +197,7 @@ pub struct VitFigures {
 pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 0 {
+    if v.len().is_multiple_of(2) {
         (v[m - 1] + v[m]) / 2.0
     } else {
         v[m]
@@ -364,8 +364,18 @@ pub fn measure(
 }
 
 /// Prints the figures of `m` as the PyTorch reference prints them.
-pub fn print(m: &VitModel, batch: usize, target: &Target, peak_gflops: f64, f: &VitFigures) {
+pub fn print(
+    m: &VitModel,
+    batch: usize,
+    target: &Target,
+    peak_gflops: Option<f64>,
+    f: &VitFigures,
+) {
     let gf = |ips: f64, flops: f64| ips * flops / 1e9;
+    let of_peak = |gflops: f64| match peak_gflops {
+        Some(peak) => format!(" ({:.0} % of {peak:.0})", 100.0 * gflops / peak),
+        None => String::new(),
+    };
     let (train_gf, fwd_gf) = (
         gf(f.train_ips, m.train_flops()),
         gf(f.forward_ips, m.forward_flops()),
@@ -377,15 +387,15 @@ pub fn print(m: &VitModel, batch: usize, target: &Target, peak_gflops: f64, f: &
         target.label()
     );
     println!(
-        "  train step: {:.2} img/s, {train_gf:.1} GFLOP/s ({:.0} % of {peak_gflops:.0}) at {:.3} GFLOP/img (3 × forward)",
+        "  train step: {:.2} img/s, {train_gf:.1} GFLOP/s{} at {:.3} GFLOP/img (3 × forward)",
         f.train_ips,
-        100.0 * train_gf / peak_gflops,
+        of_peak(train_gf),
         m.train_flops() / 1e9
     );
     println!(
-        "  forward:    {:.2} img/s, {fwd_gf:.1} GFLOP/s ({:.0} % of {peak_gflops:.0}) at {:.3} GFLOP/img",
+        "  forward:    {:.2} img/s, {fwd_gf:.1} GFLOP/s{} at {:.3} GFLOP/img",
         f.forward_ips,
-        100.0 * fwd_gf / peak_gflops,
+        of_peak(fwd_gf),
         m.forward_flops() / 1e9
     );
     println!(

@@ -48,11 +48,11 @@ pub fn clip_per_param(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     for (var, norm) in vars.iter().zip(&norms) {
         let Some(norm) = *norm else { continue };
         let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                let clipped = (g * coef)?;
-                grads.insert(var.as_tensor(), clipped);
-            }
+        if coef < 1.0
+            && let Some(g) = grads.get(var.as_tensor())
+        {
+            let clipped = (g * coef)?;
+            grads.insert(var.as_tensor(), clipped);
         }
     }
     Ok(norms.into_iter().map(|n| n.unwrap_or(0.0)).collect())

@@ -447,7 +447,7 @@ pub fn run_session(
                         let mut failed = false;
                         Box::new(
                             move |epoch: u64, step: u64, emit: &mut dyn FnMut(SessionEvent)| {
-                                if failed || epoch % every != 0 || epoch >= stage_epochs {
+                                if failed || !epoch.is_multiple_of(every) || epoch >= stage_epochs {
                                     return;
                                 }
                                 emit(SessionEvent::Log(format!("evaluating after epoch {epoch}")));
@@ -498,10 +498,10 @@ pub fn run_session(
                         manifest.record_reload(&s.plugin, s.step, s.hashes.1.clone());
                         report.reloads.push(s.line());
                     }
-                    if !reloads.is_empty() {
-                        if let Err(w) = manifest.write(&run_dir) {
-                            tracing::warn!("cannot record the hot reload in the manifest: {w}");
-                        }
+                    if !reloads.is_empty()
+                        && let Err(w) = manifest.write(&run_dir)
+                    {
+                        tracing::warn!("cannot record the hot reload in the manifest: {w}");
                     }
                     let outcome = outcome?;
                     if let Some(b) = outcome.swapped_backbone.clone() {

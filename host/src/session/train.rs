@@ -384,15 +384,15 @@ pub fn run(
     let (mut step, mut epoch, mut start_batch, mut restored) =
         (0u64, 0u64, 0usize, BTreeMap::new());
     let mut last_good: Option<PathBuf> = None;
-    if env.resume {
-        if let Some(path) = checkpoint::latest(&ckpt_dir) {
-            (step, epoch, start_batch, restored) = restore(&path, &mut opt)?;
-            emit(SessionEvent::Log(format!(
-                "resumed from '{}' at step {step}",
-                path.display()
-            )));
-            last_good = Some(path);
-        }
+    if env.resume
+        && let Some(path) = checkpoint::latest(&ckpt_dir)
+    {
+        (step, epoch, start_batch, restored) = restore(&path, &mut opt)?;
+        emit(SessionEvent::Log(format!(
+            "resumed from '{}' at step {step}",
+            path.display()
+        )));
+        last_good = Some(path);
     }
     let metrics_path = env.run_dir.join("metrics.jsonl");
     if env.resume && epoch < epochs {
@@ -654,10 +654,8 @@ pub fn run(
                 emit(SessionEvent::Checkpoint { path: path.clone() });
                 last_good = Some(path);
             }
-            if end_of_epoch {
-                if let Some(hook) = env.on_epoch_end.as_mut() {
-                    hook(epoch + 1, before + step, &mut *emit);
-                }
+            if end_of_epoch && let Some(hook) = env.on_epoch_end.as_mut() {
+                hook(epoch + 1, before + step, &mut *emit);
             }
             if let (Some(reason), Some(checkpoint)) = (stop, &last_good) {
                 stopped = Some(Stopped {

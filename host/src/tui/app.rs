@@ -75,7 +75,7 @@ impl Series {
     /// Adds a point (kept or skipped according to the current resolution).
     pub fn push(&mut self, x: f64, y: f64) {
         let stride = self.stride.max(1);
-        if self.seen % stride == 0 {
+        if self.seen.is_multiple_of(stride) {
             self.points.push((x, y));
             if self.points.len() >= SERIES_CAPACITY {
                 self.points = self.points.iter().copied().step_by(2).collect();

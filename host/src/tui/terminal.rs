@@ -183,10 +183,10 @@ pub fn spawn_input(tx: Sender<Msg>) -> io::Result<JoinHandle<()>> {
                         return;
                     }
                 };
-                if let Some(msg) = msg {
-                    if tx.send(msg).is_err() {
-                        return;
-                    }
+                if let Some(msg) = msg
+                    && tx.send(msg).is_err()
+                {
+                    return;
                 }
             }
         })

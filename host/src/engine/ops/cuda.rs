@@ -70,7 +70,7 @@ fn output(dev: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
 /// The row length `d` of a bias broadcast over `n` elements, as the kernels' `int`;
 /// refuses a bias that does not divide them.
 fn bias_rows(what: &str, n: usize, d: usize) -> Result<i32> {
-    if d == 0 || n % d != 0 {
+    if d == 0 || !n.is_multiple_of(d) {
         bail!("{what}: bias length {d} does not divide the input's {n} elements");
     }
     int(d, "row length")

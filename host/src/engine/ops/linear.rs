@@ -133,40 +133,36 @@ impl Linear {
         };
         let gelu = self.act == Activation::Gelu;
         let len = rows * out_dim;
-        let share = rows.div_ceil(parts(rows)).max(1);
         let wt = Operand::transposed(w, in_dim);
         let step = (CHUNK_ROWS * out_dim).max(1);
         let mut y = Vec::new();
-        // SAFETY: the parts below cover all of `h` (and of `y`), each part's chunks
-        // cover the part, and each chunk is written by `rows_of`/`zeros` (and
-        // `copy_of`) before anything reads it.
+        // SAFETY: the chunks below cover all of `h` (and of `y`), and each chunk is
+        // written by `rows_of`/`zeros` (and `copy_of`) before anything reads it.
         let h = unsafe {
             uninit::filled(len, |h| {
                 y = uninit::filled(if gelu { len } else { 0 }, |y| {
-                    let mut y_parts = y.chunks_mut(share * out_dim.max(1));
+                    let mut y_chunks = y.chunks_mut(step);
                     let items: Vec<_> = h
-                        .chunks_mut(share * out_dim.max(1))
+                        .chunks_mut(step)
                         .enumerate()
-                        .map(|(p, hp)| (p * share, hp, y_parts.next()))
+                        .map(|(c, hc)| (c * CHUNK_ROWS, hc, y_chunks.next()))
                         .collect();
-                    super::for_each_item(items, |(first, hp, mut yp)| {
-                        for (c, hc) in hp.chunks_mut(step).enumerate() {
-                            let r0 = first + c * CHUNK_ROWS;
-                            let n = hc.len() / out_dim.max(1);
-                            let hc = match b {
-                                Some(b) => uninit::rows_of(hc, b),
-                                None => uninit::zeros(hc),
-                            };
-                            let xc = Operand::rows(&x[r0 * in_dim..], in_dim);
-                            let mode = Mode {
-                                accumulate: b.is_some(),
-                                parallel: false,
-                            };
-                            product_with(n, out_dim, in_dim, hc, out_dim, xc, wt, 1.0, mode);
-                            if let Some(yp) = yp.as_deref_mut() {
-                                let yc = &mut yp[c * step..c * step + hc.len()];
-                                gelu_in_place(uninit::copy_of(yc, hc));
-                            }
+                    // Chunks, not fixed shares, are handed out: a worker that runs
+                    // slower (another tenant on its core) takes fewer of them.
+                    super::for_each_item(items, |(r0, hc, yc)| {
+                        let n = hc.len() / out_dim.max(1);
+                        let hc = match b {
+                            Some(b) => uninit::rows_of(hc, b),
+                            None => uninit::zeros(hc),
+                        };
+                        let xc = Operand::rows(&x[r0 * in_dim..], in_dim);
+                        let mode = Mode {
+                            accumulate: b.is_some(),
+                            parallel: false,
+                        };
+                        product_with(n, out_dim, in_dim, hc, out_dim, xc, wt, 1.0, mode);
+                        if let Some(yc) = yc {
+                            gelu_in_place(uninit::copy_of(yc, hc));
                         }
                     });
                 })
@@ -227,27 +223,27 @@ impl Linear {
                     .transpose()?,
             ));
         }
-        let parts = parts(rows);
-        let share = rows.div_ceil(parts).max(1);
-        // Per part: its rows' dW, then their db, added in part order afterwards so the
-        // result does not depend on which worker ran which part.
-        let mut partials = vec![0f32; parts * (size + out_dim)];
+        // Per slab of rows: its dW, then its db, added in slab order afterwards. Slabs,
+        // not one share per worker, are handed out, so a worker that runs slower takes
+        // fewer; their count depends on the rows only, so the sums do not depend on the
+        // thread count or on which worker ran which slab.
+        let chunks = rows.div_ceil(CHUNK_ROWS);
+        let slab_rows = chunks.div_ceil(chunks.min(MAX_SLABS)) * CHUNK_ROWS;
+        let slabs = rows.div_ceil(slab_rows);
+        let mut partials = vec![0f32; slabs * (size + out_dim)];
         let wm = Operand::rows(w_data, in_dim);
-        // SAFETY: the parts below split all of `dx` by rows (`parts · share ≥ rows`),
-        // and each part writes its rows chunk by chunk with `zeros` before the product
-        // that overwrites them.
+        // SAFETY: the slabs below split all of `dx` by rows, and each slab writes its
+        // rows chunk by chunk with `zeros` before the product that overwrites them.
         let dx = unsafe {
             uninit::filled(rows * in_dim, |dx| {
-                let mut rest = dx;
-                let mut items = Vec::with_capacity(parts);
-                for (p, acc) in partials.chunks_mut(size + out_dim).enumerate() {
-                    let first = (p * share).min(rows);
-                    let count = share.min(rows - first);
-                    let (dxp, tail) = std::mem::take(&mut rest).split_at_mut(count * in_dim);
-                    rest = tail;
-                    items.push((first, count, dxp, acc));
-                }
-                super::for_each_item(items, |(first, count, dxp, acc)| {
+                let items: Vec<_> = dx
+                    .chunks_mut(slab_rows * in_dim)
+                    .zip(partials.chunks_mut(size + out_dim))
+                    .enumerate()
+                    .map(|(i, (dxs, acc))| (i * slab_rows, dxs, acc))
+                    .collect();
+                super::for_each_item(items, |(first, dxs, acc)| {
+                    let count = dxs.len() / in_dim.max(1);
                     let (dw, db) = acc.split_at_mut(size);
                     let mut gh = vec![
                         0f32;
@@ -271,7 +267,7 @@ impl Linear {
                         if bias {
                             add_rows(db, ghc);
                         }
-                        let dxc = uninit::zeros(&mut dxp[start * in_dim..(start + n) * in_dim]);
+                        let dxc = uninit::zeros(&mut dxs[start * in_dim..(start + n) * in_dim]);
                         let gm = Operand::rows(ghc, out_dim);
                         product_with(n, in_dim, out_dim, dxc, in_dim, gm, wm, 1.0, Mode::INLINE);
                         let (gt, xc) = (
@@ -309,10 +305,10 @@ impl Linear {
 /// gradient) and the next product read it, instead of each being a pass over memory.
 const CHUNK_ROWS: usize = 256;
 
-/// Parts the rows are split into: one per worker, while each has a chunk or more.
-fn parts(rows: usize) -> usize {
-    super::threads().min(rows.div_ceil(CHUNK_ROWS)).max(1)
-}
+/// Most row slabs a backward pass splits the rows into, each with its own weight and
+/// bias gradient partial: enough for the workers to even out, few enough that the
+/// partials (a weight's size each) stay cheap to add up.
+const MAX_SLABS: usize = 8;
 
 /// `(out, in, rows)` of an input `(…, in)` and a weight `(out, in)`.
 fn shapes(x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
