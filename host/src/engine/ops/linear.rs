@@ -300,8 +300,8 @@ impl Linear {
     }
 }
 
-/// Rows per chunk of the kernels: each worker runs its share of the rows a chunk at a
-/// time, so a chunk's product is still in cache when the bias, the activation (or its
+/// Rows per chunk of the kernels: the workers run the rows a chunk at a time, so a
+/// chunk's product is still in cache when the bias, the activation (or its
 /// gradient) and the next product read it, instead of each being a pass over memory.
 const CHUNK_ROWS: usize = 256;
 
@@ -435,7 +435,8 @@ mod tests {
             // Rows over several blocks of the pool, widths past a vector's.
             check(&[4, 65, 24], 97, true, act, seed + 5)?;
             check(&[300, 33], 130, false, act, seed + 6)?;
-            // Rows over several chunks and parts, the last chunk partial.
+            // Rows over several chunks and slabs (more chunks than `MAX_SLABS`), the last
+            // chunk partial.
             check(&[3, 700, 5], 7, true, act, seed + 7)?;
             check(&[1, 1029, 9], 6, false, act, seed + 9)?;
         }
