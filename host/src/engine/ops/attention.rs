@@ -27,17 +27,17 @@ use super::{
 use crate::engine::autocast;
 
 /// `softmax(q·kᵀ·scale)·v` for `q`, `k`, `v` of one shape `(B, H, N, hd)`; gradients flow
-/// to all three. The fused CPU op for f32 (without bf16 autocast), composed candle ops
-/// otherwise.
+/// to all three. The fused op for f32 on the CPU or CUDA (without bf16 autocast; on CUDA
+/// while a row of scores fits the kernels' shared memory), composed candle ops otherwise.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let fusable = q.rank() == 4
         && k.dims() == q.dims()
         && v.dims() == q.dims()
         && k.dtype() == q.dtype()
         && v.dtype() == q.dtype()
-        && q.device().is_cpu()
-        && k.device().is_cpu()
-        && v.device().is_cpu()
+        && k.device().same_device(q.device())
+        && v.device().same_device(q.device())
+        && kernels_take(q.device(), q.dims()[2], q.dims()[3])
         && !autocast::enabled();
     match route(q) {
         Route::Fused if fusable => {
@@ -58,12 +58,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 
 /// Multi-head self-attention on a packed projection: `qkv (B, N, 3·D)`, laid out as
 /// DINO's `qkv` linear makes it (`(B, N, 3, heads, D/heads)`), to the heads' attended
-/// values merged back to `(B, N, D)`. Gradients flow to `qkv`. The fused CPU op for
-/// f32 (without bf16 autocast); otherwise [`split_heads`] and [`attention`].
+/// values merged back to `(B, N, D)`. Gradients flow to `qkv`. The fused op where
+/// [`attention`] would take it; otherwise [`split_heads`] and [`attention`].
 pub fn self_attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     let (b, n, d) = packed_dims(qkv, heads)?;
     match route(qkv) {
-        Route::Fused if qkv.device().is_cpu() && !autocast::enabled() => {
+        Route::Fused if kernels_take(qkv.device(), n, d / heads) && !autocast::enabled() => {
             qkv.contiguous()?.apply_op1(SelfAttention {
                 heads,
                 scale: scale as f32,
@@ -74,6 +74,20 @@ pub fn self_attention(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> 
             attention(&q, &k, &v, scale)?
                 .transpose(1, 2)?
                 .reshape((b, n, d))
+        }
+    }
+}
+
+/// Whether the fused kernels run `n` tokens of heads `hd` wide on `device`: the CPU's
+/// always; CUDA's while a row of scores fits their shared memory.
+fn kernels_take(device: &candle_core::Device, n: usize, hd: usize) -> bool {
+    match device {
+        candle_core::Device::Cpu => true,
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(_) => super::cuda::attention_fits(n, hd),
+        _ => {
+            let _ = (n, hd);
+            false
         }
     }
 }
@@ -257,6 +271,35 @@ fn packed_inputs<'a>(
     Ok(((b, heads, n, hd), parts))
 }
 
+/// `(B, H, N, hd)` of a kernel's first input.
+#[cfg(feature = "cuda")]
+fn dims_of(layout: &Layout) -> Result<Dims> {
+    match *layout.dims() {
+        [b, h, n, hd] => Ok((b, h, n, hd)),
+        ref other => bail!("attention expects (B, H, N, hd) inputs, got {other:?}"),
+    }
+}
+
+/// `(B, H, N, hd)` and the CUDA q, k, v operands of a packed `(B, N, 3·D)` input.
+#[cfg(feature = "cuda")]
+fn packed_cuda_inputs<'a>(
+    storage: &'a candle_core::CudaStorage,
+    layout: &Layout,
+    heads: usize,
+) -> Result<(Dims, [super::cuda::HeadsView<'a>; 3])> {
+    let (b, n, d) = match *layout.dims() {
+        [b, n, d3] if heads > 0 && d3 % (3 * heads) == 0 => (b, n, d3 / 3),
+        ref other => bail!("self-attention: qkv {other:?} does not split into {heads} heads"),
+    };
+    let hd = d / heads;
+    let parts = [
+        super::cuda::packed_heads(storage, layout, 0, hd)?,
+        super::cuda::packed_heads(storage, layout, 1, hd)?,
+        super::cuda::packed_heads(storage, layout, 2, hd)?,
+    ];
+    Ok(((b, heads, n, hd), parts))
+}
+
 /// The forward kernel: `(B, N, H, hd)` attended values of q, k, v.
 fn forward([q, k, v]: &[Heads<'_>; 3], (b, h, n, hd): Dims, scale: f32) -> Vec<f32> {
     let image = n * h * hd;
@@ -387,6 +430,30 @@ impl CustomOp3 for Attention {
         Ok((CpuStorage::F32(out), Shape::from_dims(&[b, n, h, hd])))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = dims_of(l1)?;
+        let qkv = [
+            super::cuda::heads(s1, l1, "q")?,
+            super::cuda::heads(s2, l2, "k")?,
+            super::cuda::heads(s3, l3, "v")?,
+        ];
+        let out = super::cuda::attention(&s1.device, &qkv, dims, self.scale)?;
+        let (b, h, n, hd) = dims;
+        Ok((
+            super::cuda::storage(out, &s1.device),
+            Shape::from_dims(&[b, n, h, hd]),
+        ))
+    }
+
     fn bwd(
         &self,
         q: &Tensor,
@@ -447,6 +514,50 @@ impl CustomOp3 for AttentionBwd {
         let (b, h, n, hd) = dims;
         Ok((CpuStorage::F32(grads), Shape::from_dims(&[b, 3, n, h, hd])))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let dims = dims_of(l1)?;
+        let qkv = [
+            super::cuda::heads(s1, l1, "q")?,
+            super::cuda::heads(s2, l2, "k")?,
+            super::cuda::heads(s3, l3, "v")?,
+        ];
+        let (g_storage, g_layout) = self.grad.storage_and_layout();
+        let Storage::Cuda(g_cuda) = &*g_storage else {
+            bail!("attention backward: the output gradient is not on CUDA");
+        };
+        if g_layout.dims() != l1.dims() {
+            bail!(
+                "attention backward: gradient shape {:?} should be {:?}",
+                g_layout.dims(),
+                l1.dims()
+            );
+        }
+        let g = super::cuda::heads(g_cuda, g_layout, "output gradient")?;
+        let slots = GradSlots::stacked(dims);
+        let grads = super::cuda::attention_bwd(
+            &s1.device,
+            &qkv,
+            &g,
+            dims,
+            self.scale,
+            (slots.image, slots.offsets, slots.row_stride),
+        )?;
+        let (b, h, n, hd) = dims;
+        Ok((
+            super::cuda::storage(grads, &s1.device),
+            Shape::from_dims(&[b, 3, n, h, hd]),
+        ))
+    }
 }
 
 /// Forward op of [`self_attention`]: input a contiguous `qkv (B, N, 3·D)`, output
@@ -467,6 +578,21 @@ impl CustomOp1 for SelfAttention {
         let out = forward(&qkv, dims, self.scale);
         let (b, h, n, hd) = dims;
         Ok((CpuStorage::F32(out), Shape::from_dims(&[b, n, h * hd])))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (dims, qkv) = packed_cuda_inputs(storage, layout, self.heads)?;
+        let out = super::cuda::attention(&storage.device, &qkv, dims, self.scale)?;
+        let (b, h, n, hd) = dims;
+        Ok((
+            super::cuda::storage(out, &storage.device),
+            Shape::from_dims(&[b, n, h * hd]),
+        ))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -507,17 +633,54 @@ impl CustomOp2 for SelfAttentionBwd {
         let grads = backward(&qkv, &g, dims, self.scale, GradSlots::packed(dims));
         Ok((CpuStorage::F32(grads), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (dims, qkv) = packed_cuda_inputs(s1, l1, self.heads)?;
+        let (b, h, n, hd) = dims;
+        let g = super::cuda::view(s2, l2, "self-attention output gradient")?;
+        super::same_length("self-attention", b * n * h * hd, g.len())?;
+        let g = super::cuda::merged_heads(g, dims);
+        let slots = GradSlots::packed(dims);
+        let grads = super::cuda::attention_bwd(
+            &s1.device,
+            &qkv,
+            &g,
+            dims,
+            self.scale,
+            (slots.image, slots.offsets, slots.row_stride),
+        )?;
+        Ok((super::cuda::storage(grads, &s1.device), l1.shape().clone()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ops::test_support::{assert_close, randn};
+    use crate::engine::ops::test_support::{assert_close, devices, randn};
     use candle_core::{Device, Var};
 
-    /// Forward and the three gradients of the fused op against the composed reference.
+    /// The tolerance against the composed reference: CUDA's sums run in another order.
+    fn tol(dev: &Device) -> f32 {
+        if dev.is_cpu() { 1e-5 } else { 1e-4 }
+    }
+
+    /// Forward and the three gradients of the fused op against the composed reference,
+    /// on every device.
     fn check(shape: &[usize], seed: u64) -> Result<()> {
-        let dev = &Device::Cpu;
+        for dev in &devices() {
+            check_on(dev, shape, seed)?;
+        }
+        Ok(())
+    }
+
+    fn check_on(dev: &Device, shape: &[usize], seed: u64) -> Result<()> {
         let scale = 1.0 / (shape[3] as f64).sqrt();
         let q = Var::from_tensor(&randn(seed, shape, 1.5, 0.0, dev)?)?;
         let k = Var::from_tensor(&randn(seed + 1, shape, 1.5, 0.0, dev)?)?;
@@ -525,13 +688,13 @@ mod tests {
         let r = randn(seed + 3, shape, 1.0, 0.0, dev)?;
         let y = attention(&q, &k, &v, scale)?;
         let (y_ref, _) = composed(&q, &k, &v, scale)?;
-        assert_close(&y, &y_ref, 1e-5, "attention forward");
+        assert_close(&y, &y_ref, tol(dev), "attention forward");
         let g = (&y * &r)?.sum_all()?.backward()?;
         let g_ref = (&y_ref * &r)?.sum_all()?.backward()?;
         for (name, var) in [("dq", &q), ("dk", &k), ("dv", &v)] {
             let got = g.get(var).expect("fused grad should exist");
             let want = g_ref.get(var).expect("reference grad should exist");
-            assert_close(got, want, 1e-5, name);
+            assert_close(got, want, tol(dev), name);
         }
         Ok(())
     }
@@ -552,8 +715,14 @@ mod tests {
 
     #[test]
     fn strided_inputs() -> Result<()> {
+        for dev in &devices() {
+            strided_inputs_on(dev)?;
+        }
+        Ok(())
+    }
+
+    fn strided_inputs_on(dev: &Device) -> Result<()> {
         // q/k/v as a ViT makes them: (B, N, H, hd) projections viewed as (B, H, N, hd).
-        let dev = &Device::Cpu;
         let (b, n, h, hd) = (2, 11, 3, 4);
         let vars: Vec<Var> = (0..3)
             .map(|i| {
@@ -568,7 +737,7 @@ mod tests {
         assert!(!q.is_contiguous());
         let y = attention(q, k, v, 0.5)?;
         let (y_ref, _) = composed(q, k, v, 0.5)?;
-        assert_close(&y, &y_ref, 1e-5, "strided forward");
+        assert_close(&y, &y_ref, tol(dev), "strided forward");
         let g = y.sqr()?.sum_all()?.backward()?;
         let g_ref = y_ref.sqr()?.sum_all()?.backward()?;
         for var in &vars {
@@ -576,15 +745,21 @@ mod tests {
                 g.get(var).expect("fused grad"),
                 g_ref.get(var).expect("reference grad"),
             );
-            assert_close(got, want, 1e-5, "strided backward");
+            assert_close(got, want, tol(dev), "strided backward");
         }
         Ok(())
     }
 
     #[test]
     fn views_of_one_qkv_projection_as_the_vit_makes_them() -> Result<()> {
+        for dev in &devices() {
+            views_of_one_qkv_projection_on(dev)?;
+        }
+        Ok(())
+    }
+
+    fn views_of_one_qkv_projection_on(dev: &Device) -> Result<()> {
         // plugin-api's Attention: (B, N, 3·D) → (B, N, 3, H, hd) → (3, B, H, N, hd).
-        let dev = &Device::Cpu;
         let (b, n, h, hd) = (3, 10, 2, 6);
         let x = Var::from_tensor(&randn(90, &[b, n, 3 * h * hd], 1.0, 0.0, dev)?)?;
         let qkv = x.reshape((b, n, 3, h, hd))?.permute((2, 0, 3, 1, 4))?;
@@ -592,7 +767,7 @@ mod tests {
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let y = attention(&q, &k, &v, 0.3)?;
         let (y_ref, _) = composed(&q, &k, &v, 0.3)?;
-        assert_close(&y, &y_ref, 1e-5, "forward");
+        assert_close(&y, &y_ref, tol(dev), "forward");
         // What the block does next: back to (B, N, D), here without a copy.
         let merged = y.transpose(1, 2)?;
         assert!(merged.is_contiguous());
@@ -604,14 +779,24 @@ mod tests {
             g.get(&x).expect("fused grad"),
             g_ref.get(&x).expect("reference grad"),
         );
-        assert_close(got, want, 1e-5, "backward");
+        assert_close(got, want, tol(dev), "backward");
         Ok(())
     }
 
     /// The packed op against [`split_heads`] and the composed reference, forward and
-    /// the gradient of the projection.
+    /// the gradient of the projection, on every device.
     fn check_packed(b: usize, n: usize, heads: usize, hd: usize, seed: u64) -> Result<()> {
-        let dev = &Device::Cpu;
+        for dev in &devices() {
+            check_packed_on(dev, (b, n, heads, hd), seed)?;
+        }
+        Ok(())
+    }
+
+    fn check_packed_on(
+        dev: &Device,
+        (b, n, heads, hd): (usize, usize, usize, usize),
+        seed: u64,
+    ) -> Result<()> {
         let d = heads * hd;
         let scale = 1.0 / (hd as f64).sqrt();
         let x = Var::from_tensor(&randn(seed, &[b, n, 3 * d], 1.2, 0.1, dev)?)?;
@@ -622,7 +807,7 @@ mod tests {
             .transpose(1, 2)?
             .reshape((b, n, d))?;
         let what = format!("packed {b}x{n}x{heads}x{hd}");
-        assert_close(&y, &y_ref, 1e-5, &format!("{what} forward"));
+        assert_close(&y, &y_ref, tol(dev), &format!("{what} forward"));
         let r = randn(seed + 1, &[b, n, d], 1.0, 0.0, dev)?;
         let g = (&y * &r)?.sum_all()?.backward()?;
         let g_ref = (&y_ref * &r)?.sum_all()?.backward()?;
@@ -630,7 +815,7 @@ mod tests {
             g.get(&x).expect("fused grad"),
             g_ref.get(&x).expect("reference grad"),
         );
-        assert_close(got, want, 1e-5, &format!("{what} backward"));
+        assert_close(got, want, tol(dev), &format!("{what} backward"));
         Ok(())
     }
 
@@ -643,6 +828,18 @@ mod tests {
         check_packed(2, 65, 3, 64, 64)?;
         check_packed(1, 197, 2, 16, 65)?;
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_kernels_take_what_their_shared_memory_holds() {
+        use crate::engine::ops::cuda::attention_fits;
+        // DINO's ViT-S/16: 197 tokens (224 px) and 37 (96 px crops), heads 64 wide;
+        // DINOv2-sized 518 px at /14: 1370 tokens.
+        assert!(attention_fits(197, 64) && attention_fits(37, 64) && attention_fits(1370, 64));
+        // 4 warps × 2 × (hd + n) floats ≤ 48 KiB.
+        assert!(attention_fits(1536 - 64, 64));
+        assert!(!attention_fits(1536 - 63, 64));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `build.rs`, loaded once per device by candle) for the custom ops' `cuda_fwd`. Inputs
 //! are contiguous f32 (the ops make them so); outputs are new buffers.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{Layout, Result, Shape, bail};
 
@@ -356,4 +358,197 @@ fn column_sums_into(
     // SAFETY: the arguments match the kernel; `target` holds d floats.
     unsafe { b.launch(config) }.w()?;
     Ok(())
+}
+
+/// Rows (of queries, or of keys) one attention block handles, a warp each: `ATT_WARPS`
+/// in `kernels.cu`.
+const ATTENTION_WARPS: usize = 4;
+
+/// Shared memory a block may use without opting in to more.
+const SHARED_BYTES: usize = 48 * 1024;
+
+/// One `(B, H, N, hd)` operand of the attention kernels: its data from its first
+/// element on and its image, head and row strides (its last dimension contiguous).
+pub(super) struct HeadsView<'a> {
+    data: CudaView<'a, f32>,
+    strides: [i64; 3],
+}
+
+/// `layout` over `storage` as an attention operand; refuses a non-unit last stride.
+pub(super) fn heads<'a>(
+    storage: &'a CudaStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<HeadsView<'a>> {
+    let slice = storage.as_cuda_slice::<f32>()?;
+    match (layout.dims(), layout.stride()) {
+        (&[_, _, _, _], &[sb, sh, sn, 1]) => Ok(HeadsView {
+            data: slice.slice(layout.start_offset()..),
+            strides: [sb as i64, sh as i64, sn as i64],
+        }),
+        (dims, stride) => bail!(
+            "attention {what}: expected (B, H, N, hd) with a contiguous last dimension, \
+             got shape {dims:?} strides {stride:?}"
+        ),
+    }
+}
+
+/// Part `part` (0 q, 1 k, 2 v) of a contiguous packed `(B, N, 3·D)` projection with
+/// heads `hd` wide, as an attention operand.
+pub(super) fn packed_heads<'a>(
+    storage: &'a CudaStorage,
+    layout: &Layout,
+    part: usize,
+    hd: usize,
+) -> Result<HeadsView<'a>> {
+    let slice = storage.as_cuda_slice::<f32>()?;
+    match (layout.dims(), layout.contiguous_offsets()) {
+        (&[_, n, d3], Some((start, _))) => Ok(HeadsView {
+            data: slice.slice(start + part * d3 / 3..),
+            strides: [(n * d3) as i64, hd as i64, d3 as i64],
+        }),
+        (dims, _) => bail!("self-attention: expected a contiguous (B, N, 3·D), got {dims:?}"),
+    }
+}
+
+/// A contiguous `(B, N, H, hd)` buffer (an output gradient) as an attention operand.
+pub(super) fn merged_heads<'a>(
+    data: CudaView<'a, f32>,
+    (_, h, n, hd): (usize, usize, usize, usize),
+) -> HeadsView<'a> {
+    HeadsView {
+        data,
+        strides: [(n * h * hd) as i64, hd as i64, (h * hd) as i64],
+    }
+}
+
+/// Whether the attention kernels' shared memory holds a row of `n` scores (and their
+/// gradients) for heads `hd` wide; longer sequences take the composed ops.
+pub(super) fn attention_fits(n: usize, hd: usize) -> bool {
+    ATTENTION_WARPS * 2 * (hd + n) * size_of::<f32>() <= SHARED_BYTES
+}
+
+/// The launch of an attention kernel over `rows` rows with `floats` of shared memory
+/// per warp.
+fn attention_config(rows: usize, floats: usize) -> Result<LaunchConfig> {
+    let blocks = u32::try_from(rows.div_ceil(ATTENTION_WARPS).max(1))
+        .map_err(|_| candle_core::Error::Msg(format!("{rows} attention rows exceed a grid")))?;
+    Ok(LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (32 * ATTENTION_WARPS as u32, 1, 1),
+        shared_mem_bytes: (ATTENTION_WARPS * floats * size_of::<f32>()) as u32,
+    })
+}
+
+/// `(B, H, N, hd)` as the kernels' ints, refusing what does not fit them or their
+/// shared memory.
+fn attention_dims((b, h, n, hd): (usize, usize, usize, usize)) -> Result<[i32; 4]> {
+    if !attention_fits(n, hd) {
+        bail!("attention: {n} tokens of head width {hd} exceed the CUDA kernels' shared memory");
+    }
+    Ok([
+        int(b, "batch")?,
+        int(h, "heads")?,
+        int(n, "tokens")?,
+        int(hd, "head width")?,
+    ])
+}
+
+/// Pushes each operand as the kernels take it: its data, then its three strides.
+fn push_operands<'a, const N: usize>(
+    builder: &mut LaunchArgs<'a>,
+    operands: [&'a HeadsView<'_>; N],
+) {
+    for x in operands {
+        builder
+            .arg(&x.data)
+            .arg(&x.strides[0])
+            .arg(&x.strides[1])
+            .arg(&x.strides[2]);
+    }
+}
+
+/// `softmax(q·kᵀ·scale)·v` of `(B, H, N, hd)` operands, stored `(B, N, H, hd)`.
+pub(super) fn attention(
+    dev: &CudaDevice,
+    [q, k, v]: &[HeadsView<'_>; 3],
+    dims: (usize, usize, usize, usize),
+    scale: f32,
+) -> Result<CudaSlice<f32>> {
+    let [b_i, h_i, n_i, hd_i] = attention_dims(dims)?;
+    let (b, h, n, hd) = dims;
+    let out = output(dev, b * n * h * hd)?;
+    let func = dev.get_or_load_custom_func("pw_attention_fwd", MODULE, PTX)?;
+    let mut builder = func.builder();
+    push_operands(&mut builder, [q, k, v]);
+    builder
+        .arg(&out)
+        .arg(&b_i)
+        .arg(&h_i)
+        .arg(&n_i)
+        .arg(&hd_i)
+        .arg(&scale);
+    // SAFETY: the arguments match the kernel; each operand's strides keep its
+    // `(B, H, N, hd)` elements inside its view (the op checked the layouts), `out` holds
+    // B·N·H·hd floats, and the shared memory fits (`attention_dims`).
+    unsafe { builder.launch(attention_config(b * h * n, hd + n)?) }.w()?;
+    Ok(out)
+}
+
+/// The gradients of q, k and v given the output gradient `g`, written into one buffer
+/// of `b · image` floats: image `bi`'s gradient of part `p` (0 q, 1 k, 2 v) at
+/// `bi · image + offsets[p]`, its rows `row` apart and heads `hd` apart in a row.
+pub(super) fn attention_bwd(
+    dev: &CudaDevice,
+    [q, k, v]: &[HeadsView<'_>; 3],
+    g: &HeadsView<'_>,
+    dims: (usize, usize, usize, usize),
+    scale: f32,
+    (image, offsets, row): (usize, [usize; 3], usize),
+) -> Result<CudaSlice<f32>> {
+    let [b_i, h_i, n_i, hd_i] = attention_dims(dims)?;
+    let (b, h, n, hd) = dims;
+    let rows = b * h * n;
+    let grads = output(dev, b * image)?;
+    let stats = output(dev, 2 * rows)?;
+    let (image, row) = (image as i64, row as i64);
+    let [oq, ok, ov] = offsets.map(|o| o as i64);
+    let config = attention_config(rows, 2 * (hd + n))?;
+    let first = dev.get_or_load_custom_func("pw_attention_bwd_q", MODULE, PTX)?;
+    let mut builder = first.builder();
+    push_operands(&mut builder, [q, k, v, g]);
+    builder
+        .arg(&grads)
+        .arg(&image)
+        .arg(&oq)
+        .arg(&row)
+        .arg(&stats)
+        .arg(&b_i)
+        .arg(&h_i)
+        .arg(&n_i)
+        .arg(&hd_i)
+        .arg(&scale);
+    // SAFETY: the arguments match the kernel; the operands are as in `attention`,
+    // `grads` holds b · image floats and takes every dq at the slots given, `stats` holds
+    // 2 floats per row and is written whole.
+    unsafe { builder.launch(config) }.w()?;
+    let second = dev.get_or_load_custom_func("pw_attention_bwd_kv", MODULE, PTX)?;
+    let mut builder = second.builder();
+    push_operands(&mut builder, [q, k, v, g]);
+    builder
+        .arg(&grads)
+        .arg(&image)
+        .arg(&ok)
+        .arg(&ov)
+        .arg(&row)
+        .arg(&stats)
+        .arg(&b_i)
+        .arg(&h_i)
+        .arg(&n_i)
+        .arg(&hd_i)
+        .arg(&scale);
+    // SAFETY: as the first launch; this one reads `stats` (written by the first, on the
+    // same stream) and writes every dk and dv.
+    unsafe { builder.launch(config) }.w()?;
+    Ok(grads)
 }

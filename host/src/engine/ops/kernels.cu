@@ -222,3 +222,202 @@ extern "C" __global__ void pw_column_finish(const float *partial, float *out, in
     for (int c = 0; c < chunks; ++c) s += partial[(size_t)c * d + j];
     out[j] = s;
 }
+
+// Attention: softmax(q·kᵀ·scale)·v per (image, head), one warp per row of queries (or of
+// keys, in the second backward kernel) and ATT_WARPS rows per block. q, k, v and the
+// output gradient are (B, H, N, hd) operands with a contiguous last dimension and element
+// strides (image, head, row) given per operand, so heads of a packed projection and
+// transposed views are read where they lie. A warp keeps its row's N scores (and their
+// gradients) in shared memory; the launcher checks they fit.
+
+#define ATT_WARPS 4
+
+namespace {
+
+__device__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+__device__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    return v;
+}
+
+// Dot product of `a` (shared memory) and `b` (global), `hd` elements, by one thread.
+__device__ float dot_row(const float *a, const float *b, int hd) {
+    float s = 0.0f;
+    for (int d = 0; d < hd; ++d) s += a[d] * b[d];
+    return s;
+}
+
+// Strides of one (B, H, N, hd) operand.
+struct Heads {
+    const float *data;
+    long long image, head, row;
+    __device__ const float *at(int bi, int hi, int i) const {
+        return data + bi * image + hi * head + i * row;
+    }
+};
+
+}  // namespace
+
+// Forward: `out` is (B, N, H, hd) contiguous. Shared memory: ATT_WARPS × (hd + n) floats.
+extern "C" __global__ void pw_attention_fwd(const float *q, long long qb, long long qh,
+                                            long long qn, const float *k, long long kb,
+                                            long long kh, long long kn, const float *v,
+                                            long long vb, long long vh, long long vn,
+                                            float *out, int b, int h, int n, int hd,
+                                            float scale) {
+    extern __shared__ float smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * ATT_WARPS + warp;
+    if (row >= (long long)b * h * n) return;  // whole warps leave; no block barrier follows
+    const int i = (int)(row % n), hi = (int)((row / n) % h), bi = (int)(row / ((long long)n * h));
+    const Heads Q = {q, qb, qh, qn}, K = {k, kb, kh, kn}, V = {v, vb, vh, vn};
+    float *qs = smem + warp * (hd + n);
+    float *ps = qs + hd;
+    const float *qr = Q.at(bi, hi, i);
+    for (int d = lane; d < hd; d += 32) qs[d] = qr[d];
+    __syncwarp();
+    float m = -CUDART_INF_F;
+    for (int j = lane; j < n; j += 32) {
+        const float s = dot_row(qs, K.at(bi, hi, j), hd) * scale;
+        ps[j] = s;
+        m = fmaxf(m, s);
+    }
+    m = warp_max(m);
+    float l = 0.0f;
+    for (int j = lane; j < n; j += 32) {
+        const float p = expf(ps[j] - m);
+        ps[j] = p;
+        l += p;
+    }
+    l = warp_sum(l);
+    __syncwarp();
+    const float inv = 1.0f / l;
+    const float *vh0 = V.at(bi, hi, 0);
+    float *orow = out + (((long long)bi * n + i) * h + hi) * hd;
+    for (int d = lane; d < hd; d += 32) {
+        float o = 0.0f;
+        for (int j = 0; j < n; ++j) o += ps[j] * vh0[j * vn + d];
+        orow[d] = o * inv;
+    }
+}
+
+// Backward, first kernel (a warp per query row i): recomputes the row's probabilities P,
+// then dP = dO·Vᵀ, D = rowsum(P ⊙ dP), dS = P ⊙ (dP − D)·scale and dQ = dS·K. Writes dQ
+// at `grads + bi·g_image + g_offset + i·g_row + hi·hd` and the row's log-sum-exp and D to
+// `stats` (2 floats per row) for the second kernel. Shared memory: ATT_WARPS × 2(hd + n).
+extern "C" __global__ void pw_attention_bwd_q(
+    const float *q, long long qb, long long qh, long long qn, const float *k, long long kb,
+    long long kh, long long kn, const float *v, long long vb, long long vh, long long vn,
+    const float *g, long long gb, long long gh, long long gn, float *grads, long long g_image,
+    long long g_offset, long long g_row, float *stats, int b, int h, int n, int hd,
+    float scale) {
+    extern __shared__ float smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * ATT_WARPS + warp;
+    if (row >= (long long)b * h * n) return;
+    const int i = (int)(row % n), hi = (int)((row / n) % h), bi = (int)(row / ((long long)n * h));
+    const Heads Q = {q, qb, qh, qn}, K = {k, kb, kh, kn}, V = {v, vb, vh, vn}, G = {g, gb, gh, gn};
+    float *qs = smem + warp * 2 * (hd + n);
+    float *gs = qs + hd;
+    float *ps = gs + hd;
+    float *ds = ps + n;
+    const float *qr = Q.at(bi, hi, i), *gr = G.at(bi, hi, i);
+    for (int d = lane; d < hd; d += 32) {
+        qs[d] = qr[d];
+        gs[d] = gr[d];
+    }
+    __syncwarp();
+    float m = -CUDART_INF_F;
+    for (int j = lane; j < n; j += 32) {
+        const float s = dot_row(qs, K.at(bi, hi, j), hd) * scale;
+        ps[j] = s;
+        m = fmaxf(m, s);
+    }
+    m = warp_max(m);
+    float l = 0.0f;
+    for (int j = lane; j < n; j += 32) {
+        const float p = expf(ps[j] - m);
+        ps[j] = p;
+        l += p;
+    }
+    l = warp_sum(l);
+    const float inv = 1.0f / l;
+    float dsum = 0.0f;
+    for (int j = lane; j < n; j += 32) {
+        const float p = ps[j] * inv;
+        const float dp = dot_row(gs, V.at(bi, hi, j), hd);
+        ps[j] = p;
+        ds[j] = dp;
+        dsum += p * dp;
+    }
+    dsum = warp_sum(dsum);
+    for (int j = lane; j < n; j += 32) ds[j] = ps[j] * (ds[j] - dsum) * scale;
+    __syncwarp();
+    const float *kh0 = K.at(bi, hi, 0);
+    float *dq = grads + bi * g_image + g_offset + i * g_row + hi * hd;
+    for (int d = lane; d < hd; d += 32) {
+        float acc = 0.0f;
+        for (int j = 0; j < n; ++j) acc += ds[j] * kh0[j * kn + d];
+        dq[d] = acc;
+    }
+    if (lane == 0) {
+        stats[2 * row] = m + logf(l);
+        stats[2 * row + 1] = dsum;
+    }
+}
+
+// Backward, second kernel (a warp per key row j): with the first kernel's `stats`,
+// P[i][j] = exp(q_i·k_j·scale − lse_i), dS[i][j] = P[i][j]·(dO_i·v_j − D_i)·scale, then
+// dV_j = Σ_i P[i][j]·dO_i and dK_j = Σ_i dS[i][j]·q_i, written like dQ at the offsets
+// `dk_offset` and `dv_offset`. Shared memory: ATT_WARPS × 2(hd + n).
+extern "C" __global__ void pw_attention_bwd_kv(
+    const float *q, long long qb, long long qh, long long qn, const float *k, long long kb,
+    long long kh, long long kn, const float *v, long long vb, long long vh, long long vn,
+    const float *g, long long gb, long long gh, long long gn, float *grads, long long g_image,
+    long long dk_offset, long long dv_offset, long long g_row, const float *stats, int b, int h,
+    int n, int hd, float scale) {
+    extern __shared__ float smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * ATT_WARPS + warp;
+    if (row >= (long long)b * h * n) return;
+    const int j = (int)(row % n), hi = (int)((row / n) % h), bi = (int)(row / ((long long)n * h));
+    const Heads Q = {q, qb, qh, qn}, K = {k, kb, kh, kn}, V = {v, vb, vh, vn}, G = {g, gb, gh, gn};
+    float *ks = smem + warp * 2 * (hd + n);
+    float *vs = ks + hd;
+    float *ps = vs + hd;
+    float *ds = ps + n;
+    const float *kr = K.at(bi, hi, j), *vr = V.at(bi, hi, j);
+    for (int d = lane; d < hd; d += 32) {
+        ks[d] = kr[d];
+        vs[d] = vr[d];
+    }
+    __syncwarp();
+    const float *st = stats + 2 * ((long long)bi * h + hi) * n;
+    for (int i = lane; i < n; i += 32) {
+        const float p = expf(dot_row(ks, Q.at(bi, hi, i), hd) * scale - st[2 * i]);
+        const float dp = dot_row(vs, G.at(bi, hi, i), hd);
+        ps[i] = p;
+        ds[i] = p * (dp - st[2 * i + 1]) * scale;
+    }
+    __syncwarp();
+    const float *qh0 = Q.at(bi, hi, 0), *gh0 = G.at(bi, hi, 0);
+    float *dk = grads + bi * g_image + dk_offset + j * g_row + hi * hd;
+    float *dv = grads + bi * g_image + dv_offset + j * g_row + hi * hd;
+    for (int d = lane; d < hd; d += 32) {
+        float acc_k = 0.0f, acc_v = 0.0f;
+        for (int i = 0; i < n; ++i) {
+            acc_k += ds[i] * qh0[i * qn + d];
+            acc_v += ps[i] * gh0[i * gn + d];
+        }
+        dk[d] = acc_k;
+        dv[d] = acc_v;
+    }
+}
