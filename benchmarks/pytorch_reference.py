@@ -301,7 +301,10 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--peak-gflops", type=float, default=230.0)
+    p.add_argument("--peak-gflops", type=float, default=230.0,
+                   help="the fp32 peak the GFLOP/s are compared with: pass the figure "
+                        "`patchwork bench peak` prints on this machine (default: the 2-core "
+                        "Zen 4 CI machine's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="f32", choices=["f32", "bf16"])
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
