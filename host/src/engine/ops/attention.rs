@@ -271,13 +271,23 @@ fn packed_inputs<'a>(
     Ok(((b, heads, n, hd), parts))
 }
 
-/// `(B, H, N, hd)` of a kernel's first input.
+/// `(B, H, N, hd)` and the CUDA q, k, v operands of a kernel's three inputs.
 #[cfg(feature = "cuda")]
-fn dims_of(layout: &Layout) -> Result<Dims> {
-    match *layout.dims() {
-        [b, h, n, hd] => Ok((b, h, n, hd)),
+fn cuda_inputs<'a>(
+    (s1, l1): (&'a candle_core::CudaStorage, &Layout),
+    (s2, l2): (&'a candle_core::CudaStorage, &Layout),
+    (s3, l3): (&'a candle_core::CudaStorage, &Layout),
+) -> Result<(Dims, [super::cuda::HeadsView<'a>; 3])> {
+    let dims = match *l1.dims() {
+        [b, h, n, hd] => (b, h, n, hd),
         ref other => bail!("attention expects (B, H, N, hd) inputs, got {other:?}"),
-    }
+    };
+    let heads = [
+        super::cuda::heads(s1, l1, "q")?,
+        super::cuda::heads(s2, l2, "k")?,
+        super::cuda::heads(s3, l3, "v")?,
+    ];
+    Ok((dims, heads))
 }
 
 /// `(B, H, N, hd)` and the CUDA q, k, v operands of a packed `(B, N, 3·D)` input.
@@ -440,12 +450,7 @@ impl CustomOp3 for Attention {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dims = dims_of(l1)?;
-        let qkv = [
-            super::cuda::heads(s1, l1, "q")?,
-            super::cuda::heads(s2, l2, "k")?,
-            super::cuda::heads(s3, l3, "v")?,
-        ];
+        let (dims, qkv) = cuda_inputs((s1, l1), (s2, l2), (s3, l3))?;
         let out = super::cuda::attention(&s1.device, &qkv, dims, self.scale)?;
         let (b, h, n, hd) = dims;
         Ok((
@@ -525,12 +530,7 @@ impl CustomOp3 for AttentionBwd {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dims = dims_of(l1)?;
-        let qkv = [
-            super::cuda::heads(s1, l1, "q")?,
-            super::cuda::heads(s2, l2, "k")?,
-            super::cuda::heads(s3, l3, "v")?,
-        ];
+        let (dims, qkv) = cuda_inputs((s1, l1), (s2, l2), (s3, l3))?;
         let (g_storage, g_layout) = self.grad.storage_and_layout();
         let Storage::Cuda(g_cuda) = &*g_storage else {
             bail!("attention backward: the output gradient is not on CUDA");

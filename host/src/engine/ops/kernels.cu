@@ -255,6 +255,14 @@ __device__ float dot_row(const float *a, const float *b, int hd) {
     return s;
 }
 
+// The (image, head, row) a warp of an attention kernel works on: `row` counts rows
+// within heads within images.
+__device__ void attention_row(long long row, int h, int n, int *bi, int *hi, int *i) {
+    *i = (int)(row % n);
+    *hi = (int)((row / n) % h);
+    *bi = (int)(row / ((long long)n * h));
+}
+
 // Strides of one (B, H, N, hd) operand.
 struct Heads {
     const float *data;
@@ -263,6 +271,29 @@ struct Heads {
         return data + bi * image + hi * head + i * row;
     }
 };
+
+// The unnormalised probabilities of query `qs` (in shared memory) over the `n` keys of
+// head (bi, hi): ps[j] = exp(qs·k_j·scale − m), each lane its own j; every lane gets the
+// row maximum `m` and the sum `l`.
+__device__ void row_probabilities(const float *qs, const Heads &K, int bi, int hi, int n,
+                                  int hd, float scale, float *ps, float *m, float *l) {
+    const int lane = threadIdx.x & 31;
+    float mx = -CUDART_INF_F;
+    for (int j = lane; j < n; j += 32) {
+        const float s = dot_row(qs, K.at(bi, hi, j), hd) * scale;
+        ps[j] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int j = lane; j < n; j += 32) {
+        const float p = expf(ps[j] - mx);
+        ps[j] = p;
+        sum += p;
+    }
+    *m = mx;
+    *l = warp_sum(sum);
+}
 
 }  // namespace
 
@@ -277,27 +308,16 @@ extern "C" __global__ void pw_attention_fwd(const float *q, long long qb, long l
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * ATT_WARPS + warp;
     if (row >= (long long)b * h * n) return;  // whole warps leave; no block barrier follows
-    const int i = (int)(row % n), hi = (int)((row / n) % h), bi = (int)(row / ((long long)n * h));
+    int bi, hi, i;
+    attention_row(row, h, n, &bi, &hi, &i);
     const Heads Q = {q, qb, qh, qn}, K = {k, kb, kh, kn}, V = {v, vb, vh, vn};
     float *qs = smem + warp * (hd + n);
     float *ps = qs + hd;
     const float *qr = Q.at(bi, hi, i);
     for (int d = lane; d < hd; d += 32) qs[d] = qr[d];
     __syncwarp();
-    float m = -CUDART_INF_F;
-    for (int j = lane; j < n; j += 32) {
-        const float s = dot_row(qs, K.at(bi, hi, j), hd) * scale;
-        ps[j] = s;
-        m = fmaxf(m, s);
-    }
-    m = warp_max(m);
-    float l = 0.0f;
-    for (int j = lane; j < n; j += 32) {
-        const float p = expf(ps[j] - m);
-        ps[j] = p;
-        l += p;
-    }
-    l = warp_sum(l);
+    float m, l;
+    row_probabilities(qs, K, bi, hi, n, hd, scale, ps, &m, &l);
     __syncwarp();
     const float inv = 1.0f / l;
     const float *vh0 = V.at(bi, hi, 0);
@@ -323,7 +343,8 @@ extern "C" __global__ void pw_attention_bwd_q(
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * ATT_WARPS + warp;
     if (row >= (long long)b * h * n) return;
-    const int i = (int)(row % n), hi = (int)((row / n) % h), bi = (int)(row / ((long long)n * h));
+    int bi, hi, i;
+    attention_row(row, h, n, &bi, &hi, &i);
     const Heads Q = {q, qb, qh, qn}, K = {k, kb, kh, kn}, V = {v, vb, vh, vn}, G = {g, gb, gh, gn};
     float *qs = smem + warp * 2 * (hd + n);
     float *gs = qs + hd;
@@ -335,20 +356,8 @@ extern "C" __global__ void pw_attention_bwd_q(
         gs[d] = gr[d];
     }
     __syncwarp();
-    float m = -CUDART_INF_F;
-    for (int j = lane; j < n; j += 32) {
-        const float s = dot_row(qs, K.at(bi, hi, j), hd) * scale;
-        ps[j] = s;
-        m = fmaxf(m, s);
-    }
-    m = warp_max(m);
-    float l = 0.0f;
-    for (int j = lane; j < n; j += 32) {
-        const float p = expf(ps[j] - m);
-        ps[j] = p;
-        l += p;
-    }
-    l = warp_sum(l);
+    float m, l;
+    row_probabilities(qs, K, bi, hi, n, hd, scale, ps, &m, &l);
     const float inv = 1.0f / l;
     float dsum = 0.0f;
     for (int j = lane; j < n; j += 32) {
@@ -388,7 +397,8 @@ extern "C" __global__ void pw_attention_bwd_kv(
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * ATT_WARPS + warp;
     if (row >= (long long)b * h * n) return;
-    const int j = (int)(row % n), hi = (int)((row / n) % h), bi = (int)(row / ((long long)n * h));
+    int bi, hi, j;
+    attention_row(row, h, n, &bi, &hi, &j);
     const Heads Q = {q, qb, qh, qn}, K = {k, kb, kh, kn}, V = {v, vb, vh, vn}, G = {g, gb, gh, gn};
     float *ks = smem + warp * 2 * (hd + n);
     float *vs = ks + hd;
