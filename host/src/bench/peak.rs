@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::engine::ops::{VectorLevel, vector_level};
+
 /// Independent accumulator registers per thread: at least FMA latency (4 cycles) ×
 /// ports (2), and few enough that the compiler keeps all of them in registers (at 16 it
 /// spilled two to the stack, which halved the rate).
@@ -25,19 +27,14 @@ pub struct Peak {
     pub width: &'static str,
 }
 
-/// The vector instructions the loop can use here and their lanes of f32.
+/// The vector instructions the loop uses (the widest the host's kernels pick,
+/// [`vector_level`]) and their lanes of f32.
 fn width() -> (&'static str, usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("fma") {
-            return ("AVX-512", 16);
-        }
-        if has!("avx2") && has!("fma") {
-            return ("AVX2+FMA", 8);
-        }
+    match vector_level() {
+        VectorLevel::Avx512 => ("AVX-512", 16),
+        VectorLevel::Avx2 => ("AVX2+FMA", 8),
+        VectorLevel::Baseline => ("scalar", 1),
     }
-    ("scalar", 1)
 }
 
 /// Runs the FMA loop on `threads` threads for about `time` and returns the rate.
@@ -76,19 +73,15 @@ fn run_for(time: Duration) -> u64 {
 /// `iterations` rounds of [`CHAINS`] independent FMAs at the widest width; returns a
 /// value that depends on every chain so none is optimised away.
 fn burst(iterations: u64) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("fma") {
-            // SAFETY: the CPU has AVX-512F and FMA.
-            return unsafe { avx512(iterations) };
-        }
-        if has!("avx2") && has!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { avx2(iterations) };
-        }
+    match vector_level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `vector_level` found AVX-512 (F, BW, DQ, VL) and FMA on this CPU.
+        VectorLevel::Avx512 => unsafe { avx512(iterations) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `vector_level` found AVX2 and FMA on this CPU.
+        VectorLevel::Avx2 => unsafe { avx2(iterations) },
+        _ => scalar(iterations),
     }
-    scalar(iterations)
 }
 
 /// The loop on 16-lane registers.

@@ -225,15 +225,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let target = target(args)?;
     let vit_models = args.models.iter().any(|m| m != "quickstart");
-    let peak_gflops = match args.peak_gflops {
-        Some(given) => Some(given),
-        None if vit_models && target.device.is_cpu() => {
+    let peak_gflops = args.peak_gflops.or_else(|| {
+        (vit_models && target.device.is_cpu()).then(|| {
             let peak = measure_peak(PEAK_TIME / 2);
             super::peak::print(&peak);
-            Some(peak.gflops)
-        }
-        None => None,
-    };
+            peak.gflops
+        })
+    });
     let registry = PluginRegistry::discover(&plugin_dirs(&args.plugin_dirs));
     let vit = registry.require("vit", PluginKind::BACKBONE)?;
     for name in &args.models {

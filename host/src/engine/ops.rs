@@ -33,6 +33,7 @@ pub use bias_gelu::bias_gelu;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::{Activation, composed as linear_composed, linear};
+pub(crate) use simd::{Level as VectorLevel, level as vector_level};
 pub use softmax::{log_softmax_last_dim, softmax_last_dim};
 
 use std::sync::{Mutex, OnceLock, PoisonError};

@@ -30,6 +30,65 @@ pub(super) fn bias_fits(what: &str, len: usize, d: usize) -> Result<()> {
     Ok(())
 }
 
+/// What tells the forward passes of the ops on rows and a bias apart ([`rows_fwd`]).
+pub(super) struct RowsOp {
+    /// The op's name in messages.
+    pub(super) what: &'static str,
+    /// Its forward span in the profile.
+    pub(super) span: &'static str,
+    /// Its input and bias in messages.
+    pub(super) operands: [&'static str; 2],
+    /// Its CUDA kernel, taking `(x, bias, y, n, d)`.
+    #[cfg_attr(
+        not(feature = "cuda"),
+        expect(dead_code, reason = "read by the CUDA forward only")
+    )]
+    pub(super) kernel: &'static str,
+}
+
+/// [`AddBias`].
+const ADD_BIAS: RowsOp = RowsOp {
+    what: "add_bias",
+    span: "add_bias fwd",
+    operands: ["add_bias input", "add_bias bias"],
+    kernel: "pw_add_bias",
+};
+
+/// The CPU forward of an op that writes each row of `x (…, d)` from that row and a bias
+/// `b (d)`: `rows(x_rows, b, y_rows)` over blocks of whole rows, on the worker pool.
+pub(super) fn rows_fwd(
+    op: &RowsOp,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    rows: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let _span = crate::engine::profile::span(op.span);
+    let x = f32_slice(s1, l1, op.operands[0])?;
+    let b = f32_slice(s2, l2, op.operands[1])?;
+    let d = last_dim(l1);
+    bias_fits(op.what, b.len(), d)?;
+    let mut y = vec![0f32; x.len()];
+    for_each_row_block(&mut y, d, |first, out| {
+        let start = first * d;
+        rows(&x[start..start + out.len()], b, out);
+    });
+    Ok((CpuStorage::F32(y), l1.shape().clone()))
+}
+
+/// [`rows_fwd`] on CUDA: the op's kernel.
+#[cfg(feature = "cuda")]
+pub(super) fn rows_fwd_cuda(
+    op: &RowsOp,
+    (s1, l1): (&candle_core::CudaStorage, &Layout),
+    (s2, l2): (&candle_core::CudaStorage, &Layout),
+) -> Result<(candle_core::CudaStorage, Shape)> {
+    let d = last_dim(l1);
+    super::cuda::run2((s1, l1), (s2, l2), op.operands, |dev, x, b| {
+        bias_fits(op.what, b.len(), d)?;
+        super::cuda::bias_rows_kernel(dev, op.kernel, op.what, x, b)
+    })
+}
+
 /// Forward kernel: inputs `(x, b)`.
 struct AddBias;
 
@@ -45,21 +104,14 @@ impl CustomOp2 for AddBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let _span = crate::engine::profile::span("add_bias fwd");
-        let x = f32_slice(s1, l1, "add_bias input")?;
-        let b = f32_slice(s2, l2, "add_bias bias")?;
-        let d = last_dim(l1);
-        bias_fits("add_bias", b.len(), d)?;
-        let mut y = vec![0f32; x.len()];
-        for_each_row_block(&mut y, d, |first, out| {
-            let src = &x[first * d..first * d + out.len()];
-            for (row_out, row_in) in out.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
+        rows_fwd(&ADD_BIAS, (s1, l1), (s2, l2), |x, b, y| {
+            let d = b.len();
+            for (row_out, row_in) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                 for ((o, v), bv) in row_out.iter_mut().zip(row_in).zip(b) {
                     *o = v + bv;
                 }
             }
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        })
     }
 
     #[cfg(feature = "cuda")]
@@ -70,16 +122,7 @@ impl CustomOp2 for AddBias {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let d = last_dim(l1);
-        super::cuda::run2(
-            (s1, l1),
-            (s2, l2),
-            ["add_bias input", "add_bias bias"],
-            |dev, x, b| {
-                bias_fits("add_bias", b.len(), d)?;
-                super::cuda::add_bias(dev, x, b)
-            },
-        )
+        rows_fwd_cuda(&ADD_BIAS, (s1, l1), (s2, l2))
     }
 
     fn bwd(

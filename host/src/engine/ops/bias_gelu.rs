@@ -60,6 +60,14 @@ vectorized! {
 /// Forward op: inputs `(x, b)`.
 struct BiasGelu;
 
+/// [`BiasGelu`]'s forward, as [`super::bias::rows_fwd`] runs it.
+const BIAS_GELU: super::bias::RowsOp = super::bias::RowsOp {
+    what: "bias_gelu",
+    span: "bias_gelu fwd",
+    operands: ["bias_gelu input", "bias_gelu bias"],
+    kernel: "pw_bias_gelu_fwd",
+};
+
 impl CustomOp2 for BiasGelu {
     fn name(&self) -> &'static str {
         "patchwork-bias-gelu"
@@ -72,17 +80,7 @@ impl CustomOp2 for BiasGelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let _span = crate::engine::profile::span("bias_gelu fwd");
-        let x = f32_slice(s1, l1, "bias_gelu input")?;
-        let b = f32_slice(s2, l2, "bias_gelu bias")?;
-        let d = last_dim(l1);
-        bias_fits("bias_gelu", b.len(), d)?;
-        let mut y = vec![0f32; x.len()];
-        for_each_row_block(&mut y, d, |first, out| {
-            let start = first * d;
-            bias_gelu_rows(&x[start..start + out.len()], b, out);
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        super::bias::rows_fwd(&BIAS_GELU, (s1, l1), (s2, l2), bias_gelu_rows)
     }
 
     #[cfg(feature = "cuda")]
@@ -93,16 +91,7 @@ impl CustomOp2 for BiasGelu {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let d = last_dim(l1);
-        super::cuda::run2(
-            (s1, l1),
-            (s2, l2),
-            ["bias_gelu input", "bias_gelu bias"],
-            |dev, x, b| {
-                bias_fits("bias_gelu", b.len(), d)?;
-                super::cuda::bias_gelu(dev, x, b)
-            },
-        )
+        super::bias::rows_fwd_cuda(&BIAS_GELU, (s1, l1), (s2, l2))
     }
 
     fn bwd(

@@ -239,38 +239,24 @@ pub(super) fn gelu_bwd(
     Ok(dx)
 }
 
-/// `x + bias` with `bias` (length `d`) broadcast over the rows of `x`.
-pub(super) fn add_bias(
+/// Launches `kernel(x, bias, y, n, d)`, an element-wise kernel of `x` and `bias` (length
+/// `d`) broadcast over its rows (`pw_add_bias`: `x + bias`; `pw_bias_gelu_fwd`:
+/// `gelu(x + bias)`), and returns `y`.
+pub(super) fn bias_rows_kernel(
     dev: &CudaDevice,
+    kernel: &str,
+    what: &str,
     x: &CudaView<'_, f32>,
     bias: &CudaView<'_, f32>,
 ) -> Result<CudaSlice<f32>> {
     let (n, d) = (x.len(), bias.len());
-    let d_i = bias_rows("add_bias", n, d)?;
+    let d_i = bias_rows(what, n, d)?;
     let y = output(dev, n)?;
     let n_i = n as i64;
-    let func = dev.get_or_load_custom_func("pw_add_bias", MODULE, PTX)?;
+    let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
     let mut b = func.builder();
     b.arg(x).arg(bias).arg(&y).arg(&n_i).arg(&d_i);
-    // SAFETY: the arguments match the kernel; `bias` holds d floats.
-    unsafe { b.launch(elementwise_config(n)) }.w()?;
-    Ok(y)
-}
-
-/// `gelu(x + bias)` with `bias` (length `d`) broadcast over the rows of `x`.
-pub(super) fn bias_gelu(
-    dev: &CudaDevice,
-    x: &CudaView<'_, f32>,
-    bias: &CudaView<'_, f32>,
-) -> Result<CudaSlice<f32>> {
-    let (n, d) = (x.len(), bias.len());
-    let d_i = bias_rows("bias_gelu", n, d)?;
-    let y = output(dev, n)?;
-    let n_i = n as i64;
-    let func = dev.get_or_load_custom_func("pw_bias_gelu_fwd", MODULE, PTX)?;
-    let mut b = func.builder();
-    b.arg(x).arg(bias).arg(&y).arg(&n_i).arg(&d_i);
-    // SAFETY: the arguments match the kernel; `x` and `y` hold n floats, `bias` d.
+    // SAFETY: both kernels take these arguments; `x` and `y` hold n floats, `bias` d.
     unsafe { b.launch(elementwise_config(n)) }.w()?;
     Ok(y)
 }

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 /// The vector instruction sets a [`vectorized!`] kernel chooses between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Level {
+pub(crate) enum Level {
     /// AVX-512 (F, BW, DQ, VL) with FMA.
     Avx512,
     /// AVX2 with FMA.
@@ -21,7 +21,7 @@ pub(super) enum Level {
 }
 
 /// The widest level this CPU supports (detected once).
-pub(super) fn level() -> Level {
+pub(crate) fn level() -> Level {
     #[cfg(test)]
     if let Some(level) = tests::FORCED.get() {
         return level;
