@@ -1,10 +1,12 @@
 //! The candle side of the host: fused ops with backward, the tensor registry and op
-//! table plugins call, the named parameter store, optimizers, schedules, checkpoints.
+//! table plugins call (with evaluation that records no graph), the named parameter
+//! store, optimizers, schedules, checkpoints.
 
 pub mod autocast;
 pub mod checkpoint;
 pub mod clip;
 pub mod context;
+pub mod grad;
 pub mod host_ops;
 pub mod nn_ops;
 pub mod ops;

@@ -130,7 +130,8 @@ pub trait Backbone: Sized + Send + 'static {
     /// Input size, patch size, width, depth, heads.
     fn geometry(&self) -> Geometry;
 
-    /// `(B, C, H, W)` → CLS `(B, D)`, patches `(B, N, D)`, optional extras.
+    /// `(B, C, H, W)` → CLS `(B, D)`, patches `(B, N, D)`, optional extras. The
+    /// host's evaluations (features, attention maps) call it without recording a graph.
     fn forward(&self, images: &Tensor, opts: &ForwardOptions) -> Result<BackboneOutput>;
 }
 
@@ -191,7 +192,8 @@ pub trait Adaptation: Sized + Send + 'static {
     fn step(&mut self, batch: &Batch, info: &StepInfo) -> Result<StepOutput>;
 
     /// Metrics on one evaluation batch, each a mean over its images (the host
-    /// averages them over the validation split, weighted by batch size).
+    /// averages them over the validation split, weighted by batch size). Runs
+    /// without recording a graph: nothing computed here is backpropagated.
     fn evaluate(&mut self, _batch: &Batch) -> Result<Vec<(String, f64)>> {
         Err(Error::msg("this adaptation has no evaluation"))
     }

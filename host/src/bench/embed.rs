@@ -21,7 +21,7 @@ use crate::{
     engine::{
         checkpoint::{self, Checkpoint},
         context::{self, HostContext},
-        host_ops, registry,
+        grad, host_ops, registry,
     },
     plugins::PluginRegistry,
     workspace::schema,
@@ -184,7 +184,8 @@ pub fn embed(args: &EmbedArgs) -> Result<()> {
                 attention: false,
                 keep: ROption::RNone,
             };
-            let out = (plugin.root.backbone_forward())(instance, batch, opts).into_result();
+            let out = grad::no_grad(|| (plugin.root.backbone_forward())(instance, batch, opts))
+                .into_result();
             registry::remove(batch);
             let out = out.map_err(|e| {
                 anyhow::anyhow!("backbone '{backbone_name}' forward: {}", e.message)

@@ -16,7 +16,7 @@ use crate::{
     engine::{
         autocast,
         context::{self, HostContext},
-        host_ops, optim, profile, registry,
+        grad, host_ops, optim, profile, registry,
     },
     plugins::LoadedPlugin,
 };
@@ -299,9 +299,9 @@ impl<'a> VitStep<'a> {
         Ok(loss.to_scalar::<f32>()?)
     }
 
-    /// One forward pass (evaluation mode, no graph kept), finished on the device.
+    /// One forward pass (evaluation mode, no graph recorded), finished on the device.
     fn forward(&self, target: &Target) -> Result<()> {
-        let _logits = self.logits(false)?;
+        let _logits = grad::no_grad(|| self.logits(false))?;
         target.sync()
     }
 }

@@ -18,7 +18,7 @@ use patchwork_plugin_api::abi::{
 };
 use std::sync::OnceLock;
 
-use super::{autocast, context, nn_ops, ops, registry, store};
+use super::{autocast, context, grad, nn_ops, ops, registry, store};
 
 type R<T> = Result<T, AbiError>;
 
@@ -34,13 +34,16 @@ fn run<T>(f: impl FnOnce() -> R<T>) -> RResult<T, AbiError> {
     }
 }
 
+/// The tensor behind a handle; detached inside [`grad::no_grad`], so what an op makes
+/// of it records no graph.
 fn t(id: TensorId) -> R<Tensor> {
-    registry::get(id).ok_or_else(|| {
+    let x = registry::get(id).ok_or_else(|| {
         AbiError::new(
             ErrorKind::INVALID_HANDLE,
             format!("no tensor with handle #{}", id.0),
         )
-    })
+    })?;
+    Ok(if grad::tracking() { x } else { x.detach() })
 }
 
 fn out(r: candle_core::Result<Tensor>) -> R<TensorId> {
@@ -635,4 +638,36 @@ pub fn table() -> HostOpsRef {
         }
         .leak_into_prefix()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    /// Runs the op table's `linear` on registered handles and takes its output back.
+    fn linear_of(x: TensorId, w: TensorId) -> Tensor {
+        let id = linear(x, w, ROption::RNone, Activation::GELU)
+            .into_result()
+            .expect("linear should run");
+        registry::remove(id).expect("output handle")
+    }
+
+    #[test]
+    fn ops_inside_no_grad_record_no_graph_and_give_the_same_values() -> candle_core::Result<()> {
+        let dev = &Device::Cpu;
+        let w = Var::from_tensor(&Tensor::arange(0f32, 6.0, dev)?.reshape((3, 2))?)?;
+        let x = registry::insert(Tensor::ones((4, 2), DType::F32, dev)?);
+        let w_id = registry::insert(w.as_tensor().clone());
+        let tracked = linear_of(x, w_id);
+        let untracked = grad::no_grad(|| linear_of(x, w_id));
+        let after = linear_of(x, w_id);
+        registry::remove(x);
+        registry::remove(w_id);
+        assert!(tracked.track_op() && after.track_op());
+        assert!(!untracked.track_op());
+        assert_eq!(untracked.to_vec2::<f32>()?, tracked.to_vec2::<f32>()?);
+        Ok(())
+    }
 }

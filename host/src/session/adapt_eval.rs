@@ -10,7 +10,7 @@ use patchwork_plugin_api::abi::{BatchAbi, InstanceId};
 use super::{SessionError, eval_stage::eval_loader, plugin_call::check};
 use crate::{
     data::{loader::Dataset, stats::ChannelStats},
-    engine::{context, registry},
+    engine::{context, grad, registry},
     plugins::LoadedPlugin,
 };
 
@@ -36,7 +36,7 @@ pub fn evaluate(
             views: RVec::from(vec![view]),
             labels: ROption::RSome(labels),
         };
-        let r = (plugin.root.adapt_evaluate())(instance, &abi);
+        let r = grad::no_grad(|| (plugin.root.adapt_evaluate())(instance, &abi));
         registry::remove(view);
         registry::remove(labels);
         for m in check(plugin, "evaluate", r)?.iter() {

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     data::{augment::normalize, image_folder::eval_transform, source::Data, views::Image},
-    engine::{context, registry},
+    engine::{context, grad, registry},
     plugins::LoadedPlugin,
 };
 
@@ -174,7 +174,7 @@ impl AttentionCapture<'_> {
             attention: true,
             keep: ROption::RNone,
         };
-        let r = (self.plugin.root.backbone_forward())(instance, images, opts);
+        let r = grad::no_grad(|| (self.plugin.root.backbone_forward())(instance, images, opts));
         registry::remove(images);
         let out = check(self.plugin, "forward", r)?;
         registry::remove(out.cls);

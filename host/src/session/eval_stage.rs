@@ -13,7 +13,7 @@ use crate::{
         source::Data,
         stats::ChannelStats,
     },
-    engine::{context, registry},
+    engine::{context, grad, registry},
     eval::knn::knn_accuracy,
     plugins::LoadedPlugin,
 };
@@ -69,7 +69,8 @@ pub fn extract(
             attention: false,
             keep: ROption::RNone,
         };
-        let r = (plugin.root.backbone_forward())(instance, images, opts);
+        // No graph: the features are read, never differentiated.
+        let r = grad::no_grad(|| (plugin.root.backbone_forward())(instance, images, opts));
         registry::remove(images);
         let out = check(plugin, "forward", r)?;
         let cls = registry::remove(out.cls);

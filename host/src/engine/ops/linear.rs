@@ -7,7 +7,7 @@
 //! product onto it, the activation reads that once, and the backward computes the input
 //! gradient, the weight gradient and the bias gradient from one activation gradient.
 //! The pre-activation (which GELU's backward needs) is kept inside the op, as the
-//! composed graph kept it as the activation's input.
+//! composed graph kept it as the activation's input, when a backward pass can follow.
 
 use std::sync::OnceLock;
 
@@ -65,7 +65,10 @@ pub fn linear(
     match route(x) {
         Route::Fused if fusable => {
             let (x, w) = (x.contiguous()?, weight.contiguous()?);
-            let op = Linear::new(act);
+            // Without a tracked input candle never runs the backward pass, so the
+            // pre-activation is not kept (evaluation, a frozen teacher).
+            let tracked = x.track_op() || w.track_op() || bias.is_some_and(Tensor::track_op);
+            let op = Linear::new(act, tracked);
             match bias {
                 Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
                 None => x.apply_op2(&w, op),
@@ -99,14 +102,17 @@ pub fn composed(
 /// The fused op; `CustomOp3` with a bias `(x, w, b)`, `CustomOp2` without `(x, w)`.
 struct Linear {
     act: Activation,
+    /// Whether a backward pass can follow (some input is tracked by the graph).
+    tracked: bool,
     /// `x·Wᵀ + b` of the forward pass when the activation's backward needs it.
     pre: OnceLock<Vec<f32>>,
 }
 
 impl Linear {
-    fn new(act: Activation) -> Self {
+    fn new(act: Activation, tracked: bool) -> Self {
         Self {
             act,
+            tracked,
             pre: OnceLock::new(),
         }
     }
@@ -132,6 +138,8 @@ impl Linear {
             None => None,
         };
         let gelu = self.act == Activation::Gelu;
+        // The activation is applied in place unless its input is kept for the backward.
+        let keep = gelu && self.tracked;
         let len = rows * out_dim;
         let wt = Operand::transposed(w, in_dim);
         let step = (CHUNK_ROWS * out_dim).max(1);
@@ -140,7 +148,7 @@ impl Linear {
         // written by `rows_of`/`zeros` (and `copy_of`) before anything reads it.
         let h = unsafe {
             uninit::filled(len, |h| {
-                y = uninit::filled(if gelu { len } else { 0 }, |y| {
+                y = uninit::filled(if keep { len } else { 0 }, |y| {
                     let mut y_chunks = y.chunks_mut(step);
                     let items: Vec<_> = h
                         .chunks_mut(step)
@@ -161,8 +169,10 @@ impl Linear {
                             parallel: false,
                         };
                         product_with(n, out_dim, in_dim, hc, out_dim, xc, wt, 1.0, mode);
-                        if let Some(yc) = yc {
-                            gelu_in_place(uninit::copy_of(yc, hc));
+                        match yc {
+                            Some(yc) => gelu_in_place(uninit::copy_of(yc, hc)),
+                            None if gelu => gelu_in_place(hc),
+                            None => {}
                         }
                     });
                 })
@@ -171,7 +181,7 @@ impl Linear {
         let mut dims = xl.dims().to_vec();
         dims.pop();
         dims.push(out_dim);
-        let out = if gelu {
+        let out = if keep {
             if self.pre.set(h).is_err() {
                 bail!("linear: the op ran its forward pass twice");
             }
@@ -405,6 +415,16 @@ mod tests {
         assert_eq!(y.dims(), y_ref.dims());
         let what = format!("{x_shape:?}x{out_dim} bias {bias} {act:?}");
         assert_close(&y, &y_ref, 1e-5, &format!("{what} forward"));
+        // Untracked inputs (evaluation): the same values, with nothing kept or recorded.
+        let b_off = b.as_detached_tensor();
+        let y_off = linear(
+            &x.as_detached_tensor(),
+            &w.as_detached_tensor(),
+            bias.then_some(&b_off),
+            act,
+        )?;
+        assert!(!y_off.track_op(), "{what}: untracked output records an op");
+        assert_close(&y_off, &y, 0.0, &format!("{what} untracked forward"));
         let r = randn(seed + 3, y.dims(), 1.0, 0.0, dev)?;
         let g = (&y * &r)?.sum_all()?.backward()?;
         let g_ref = (&y_ref * &r)?.sum_all()?.backward()?;
