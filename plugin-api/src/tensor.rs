@@ -92,6 +92,26 @@ impl Host {
         lift((self.ops.tensor_clone())(id)).map(|id| self.wrap(id))
     }
 
+    /// Runs `f` without the host recording a graph for its ops, as PyTorch's
+    /// `no_grad`: for what is never differentiated, such as a momentum teacher's
+    /// forward, whose activations are then freed as soon as they are dropped. The
+    /// previous setting is restored afterwards, also when `f` panics. On a host older
+    /// than op level 3 it just runs `f`; the values are the same either way.
+    pub fn no_grad<T>(&self, f: impl FnOnce() -> T) -> T {
+        /// Puts the host's previous setting back when dropped.
+        struct Restore(extern "C" fn(bool) -> bool, bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                (self.0)(self.1);
+            }
+        }
+        let Some(set) = self.ops.grad_tracking() else {
+            return f();
+        };
+        let _restore = Restore(set, set(false));
+        f()
+    }
+
     fn create(
         &self,
         op: CreateOp,

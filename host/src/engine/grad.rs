@@ -16,6 +16,12 @@ pub fn tracking() -> bool {
     TRACKING.with(Cell::get)
 }
 
+/// Sets whether this thread's host ops record the graph; returns the previous
+/// setting (the op table's `grad_tracking`, for plugins' `Host::no_grad`).
+pub fn set_tracking(on: bool) -> bool {
+    TRACKING.with(|t| t.replace(on))
+}
+
 /// Runs `f` with gradient tracking off on this thread, and restores the previous
 /// state afterwards, also when `f` panics.
 pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
@@ -23,10 +29,10 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            TRACKING.with(|t| t.set(self.0));
+            set_tracking(self.0);
         }
     }
-    let _restore = Restore(TRACKING.with(|t| t.replace(false)));
+    let _restore = Restore(set_tracking(false));
     f()
 }
 

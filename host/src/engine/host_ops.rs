@@ -383,6 +383,10 @@ extern "C" fn linear(
     })
 }
 
+extern "C" fn grad_tracking(on: bool) -> bool {
+    grad::set_tracking(on)
+}
+
 fn no_context() -> AbiError {
     AbiError::new(ErrorKind::HOST, "no session context on this thread")
 }
@@ -635,6 +639,7 @@ pub fn table() -> HostOpsRef {
             backbone_forward,
             linear,
             self_attention,
+            grad_tracking,
         }
         .leak_into_prefix()
     })
@@ -669,5 +674,17 @@ mod tests {
         assert!(!untracked.track_op());
         assert_eq!(untracked.to_vec2::<f32>()?, tracked.to_vec2::<f32>()?);
         Ok(())
+    }
+
+    #[test]
+    fn a_plugins_no_grad_turns_tracking_off_and_restores_it() {
+        let host = patchwork_plugin_api::Host::new(table());
+        assert!(grad::tracking());
+        let inside = host.no_grad(|| host.no_grad(grad::tracking) || grad::tracking());
+        assert!(!inside);
+        assert!(grad::tracking());
+        let caught = catch_unwind(|| host.no_grad(|| panic!("inside")));
+        assert!(caught.is_err());
+        assert!(grad::tracking(), "a panic inside no_grad left tracking off");
     }
 }

@@ -15,11 +15,12 @@ use abi_stable::{
 use super::AbiError;
 
 /// The op-table level this version of the crate describes.
-pub const HOST_OP_LEVEL: u32 = 2;
+pub const HOST_OP_LEVEL: u32 = 3;
 
 /// The level a plugin built with this crate needs: its level-2 calls (the fused
 /// [`HostOps::linear`] and [`HostOps::self_attention`]) fall back to level-1 ops when
-/// the host's table does not have them.
+/// the host's table does not have them, and its level-3 call
+/// ([`HostOps::grad_tracking`]) is skipped.
 pub const REQUIRED_HOST_LEVEL: u32 = 1;
 
 /// A tensor owned by the host. Whoever receives one from a call owns it and must
@@ -435,4 +436,8 @@ pub struct HostOps {
     /// [`HostOps::attention`]'s.
     pub self_attention:
         extern "C" fn(TensorId, usize, f64, bool) -> RResult<AttentionOut, AbiError>,
+    /// Level 3: whether this thread's ops record the graph a backward pass needs;
+    /// sets it and returns the previous setting. Off, every op's inputs are taken
+    /// detached (nothing computed is differentiated), as PyTorch's `no_grad`.
+    pub grad_tracking: extern "C" fn(bool) -> bool,
 }

@@ -47,7 +47,8 @@
 //!   fixed 3-layer head MLP (DINOHead's `nlayers` default);
 //! - the teacher's `frozen()` entry: besides `student.head.last_layer` during the
 //!   first `freeze_last_layer` epochs, `frozen()` always lists `teacher`, because a
-//!   backbone built through the host has trainable parameters; its outputs are
+//!   backbone built through the host has trainable parameters; its forward runs in
+//!   `Host::no_grad` (PyTorch's teacher has `requires_grad` off) and its outputs are
 //!   detached, so this only keeps the optimizer off them;
 //! - the loss sums `Σ_{v≠i} log p_v` before the product with `q_i` (same value,
 //!   fewer `(B, K)` temporaries); the per-pair order of additions differs;
@@ -233,11 +234,15 @@ impl PretextTask for Dino {
         };
         let student_cls = multi_crop_cls(&self.student, &batch.views, &train)?; // (ncrops·B, D)
         let student_logits = student_cls.apply(&self.student_head)?;
-        // Teacher on the global crops, eval mode, no gradient: (2B, K).
+        // Teacher on the global crops, eval mode, no graph recorded (detached too, for
+        // hosts before op level 3): (2B, K).
         let eval = ForwardOptions::default();
-        let teacher_cls =
-            multi_crop_cls(&self.teacher, &batch.views[..globals], &eval)?.detach()?;
-        let teacher_logits = teacher_cls.apply(&self.teacher_head)?.detach()?;
+        let teacher_logits = self.host.no_grad(|| {
+            multi_crop_cls(&self.teacher, &batch.views[..globals], &eval)?
+                .detach()?
+                .apply(&self.teacher_head)?
+                .detach()
+        })?;
 
         let center = self.center()?; // (1, K), the centre before this batch
         let temp = teacher_temp(

@@ -259,12 +259,14 @@ impl PretextTask for SelfPatch {
         };
         let eval = ForwardOptions::default();
         let s_tokens = self.student.patches(&batch.views, &train)?;
-        let t_tokens: Vec<Tensor> = self
-            .teacher
-            .patches(&batch.views, &eval)?
-            .into_iter()
-            .map(|t| t.detach())
-            .collect::<Result<_>>()?;
+        // No graph through the teacher (detached too, for hosts before op level 3).
+        let t_tokens: Vec<Tensor> = self.host.no_grad(|| {
+            self.teacher
+                .patches(&batch.views, &eval)?
+                .into_iter()
+                .map(|t| t.detach())
+                .collect::<Result<_>>()
+        })?;
 
         // Image level: the aggregated token of every crop (student) and of the
         // globals (teacher), through the image heads; DINO's loss.
