@@ -201,6 +201,28 @@ fn a_nan_loss_stops_training_and_names_the_last_checkpoint() {
 }
 
 #[test]
+fn a_loss_without_a_graph_is_warned_about_once() {
+    need_faulty();
+    let (_, out) = run_stages(
+        "no-graph",
+        &pretrain(&faulty("(no_grad_at_step: Some(1))"), 1),
+    );
+    assert!(out.success(), "{}", out.describe());
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains("the loss of step 1 records no graph, so the step trains nothing"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        text.matches("records no graph").count(),
+        1,
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
 fn a_truncated_checkpoint_is_reported_as_corrupt_on_resume() {
     need_faulty();
     let dir = temp_dir("corrupt");

@@ -384,6 +384,8 @@ pub fn run(
     let (mut step, mut epoch, mut start_batch, mut restored) =
         (0u64, 0u64, 0usize, BTreeMap::new());
     let mut last_good: Option<PathBuf> = None;
+    // Said once per stage: a loss without a graph trains nothing.
+    let mut warned_no_graph = false;
     if env.resume
         && let Some(path) = checkpoint::latest(&ckpt_dir)
     {
@@ -514,6 +516,14 @@ pub fn run(
                     epoch,
                     last_good,
                 });
+            }
+            if !loss_t.track_op() && !warned_no_graph {
+                // Not an error: a step may legitimately have nothing to learn from
+                // (a constant loss), but a whole stage of them is a plugin bug.
+                warned_no_graph = true;
+                emit(SessionEvent::Log(format!(
+                    "warning: the loss of step {step} records no graph, so the step trains nothing (was it computed inside `Host::no_grad`, or from detached tensors only?); said once per stage"
+                )));
             }
             let mut grads = loss_t.backward()?;
             drop(loss_t);
