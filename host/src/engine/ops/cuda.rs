@@ -454,6 +454,14 @@ fn push_operands<'a, const N: usize>(
     }
 }
 
+/// Pushes what every attention kernel takes last: b, h, n, hd and the scale.
+fn push_shape<'a>(builder: &mut LaunchArgs<'a>, shape: &'a [i32; 4], scale: &'a f32) {
+    for x in shape {
+        builder.arg(x);
+    }
+    builder.arg(scale);
+}
+
 /// `softmax(q·kᵀ·scale)·v` of `(B, H, N, hd)` operands, stored `(B, N, H, hd)`.
 pub(super) fn attention(
     dev: &CudaDevice,
@@ -461,19 +469,14 @@ pub(super) fn attention(
     dims: (usize, usize, usize, usize),
     scale: f32,
 ) -> Result<CudaSlice<f32>> {
-    let [b_i, h_i, n_i, hd_i] = attention_dims(dims)?;
+    let shape = attention_dims(dims)?;
     let (b, h, n, hd) = dims;
     let out = output(dev, b * n * h * hd)?;
     let func = dev.get_or_load_custom_func("pw_attention_fwd", MODULE, PTX)?;
     let mut builder = func.builder();
     push_operands(&mut builder, [q, k, v]);
-    builder
-        .arg(&out)
-        .arg(&b_i)
-        .arg(&h_i)
-        .arg(&n_i)
-        .arg(&hd_i)
-        .arg(&scale);
+    builder.arg(&out);
+    push_shape(&mut builder, &shape, &scale);
     // SAFETY: the arguments match the kernel; each operand's strides keep its
     // `(B, H, N, hd)` elements inside its view (the op checked the layouts), `out` holds
     // B·N·H·hd floats, and the shared memory fits (`attention_dims`).
@@ -492,7 +495,7 @@ pub(super) fn attention_bwd(
     scale: f32,
     (image, offsets, row): (usize, [usize; 3], usize),
 ) -> Result<CudaSlice<f32>> {
-    let [b_i, h_i, n_i, hd_i] = attention_dims(dims)?;
+    let shape = attention_dims(dims)?;
     let (b, h, n, hd) = dims;
     let rows = b * h * n;
     let grads = output(dev, b * image)?;
@@ -508,12 +511,8 @@ pub(super) fn attention_bwd(
         .arg(&image)
         .arg(&oq)
         .arg(&row)
-        .arg(&stats)
-        .arg(&b_i)
-        .arg(&h_i)
-        .arg(&n_i)
-        .arg(&hd_i)
-        .arg(&scale);
+        .arg(&stats);
+    push_shape(&mut builder, &shape, &scale);
     // SAFETY: the arguments match the kernel; the operands are as in `attention`,
     // `grads` holds b · image floats and takes every dq at the slots given, `stats` holds
     // 2 floats per row and is written whole.
@@ -527,12 +526,8 @@ pub(super) fn attention_bwd(
         .arg(&ok)
         .arg(&ov)
         .arg(&row)
-        .arg(&stats)
-        .arg(&b_i)
-        .arg(&h_i)
-        .arg(&n_i)
-        .arg(&hd_i)
-        .arg(&scale);
+        .arg(&stats);
+    push_shape(&mut builder, &shape, &scale);
     // SAFETY: as the first launch; this one reads `stats` (written by the first, on the
     // same stream) and writes every dk and dv.
     unsafe { builder.launch(config) }.w()?;

@@ -329,6 +329,21 @@ extern "C" __global__ void pw_attention_fwd(const float *q, long long qb, long l
     }
 }
 
+// A backward warp's scratch, its part of ATT_WARPS × 2(hd + n) shared floats: two rows
+// of hd (`a`, `b`, filled with copies of `ar` and `br`), then two of n (`p`, `d`).
+__device__ void stage_rows(float *smem, int warp, int lane, int hd, int n, const float *ar,
+                           const float *br, float **a, float **b, float **p, float **d) {
+    *a = smem + warp * 2 * (hd + n);
+    *b = *a + hd;
+    *p = *b + hd;
+    *d = *p + n;
+    for (int x = lane; x < hd; x += 32) {
+        (*a)[x] = ar[x];
+        (*b)[x] = br[x];
+    }
+    __syncwarp();
+}
+
 // Backward, first kernel (a warp per query row i): recomputes the row's probabilities P,
 // then dP = dO·Vᵀ, D = rowsum(P ⊙ dP), dS = P ⊙ (dP − D)·scale and dQ = dS·K. Writes dQ
 // at `grads + bi·g_image + g_offset + i·g_row + hi·hd` and the row's log-sum-exp and D to
@@ -346,16 +361,8 @@ extern "C" __global__ void pw_attention_bwd_q(
     int bi, hi, i;
     attention_row(row, h, n, &bi, &hi, &i);
     const Heads Q = {q, qb, qh, qn}, K = {k, kb, kh, kn}, V = {v, vb, vh, vn}, G = {g, gb, gh, gn};
-    float *qs = smem + warp * 2 * (hd + n);
-    float *gs = qs + hd;
-    float *ps = gs + hd;
-    float *ds = ps + n;
-    const float *qr = Q.at(bi, hi, i), *gr = G.at(bi, hi, i);
-    for (int d = lane; d < hd; d += 32) {
-        qs[d] = qr[d];
-        gs[d] = gr[d];
-    }
-    __syncwarp();
+    float *qs, *gs, *ps, *ds;
+    stage_rows(smem, warp, lane, hd, n, Q.at(bi, hi, i), G.at(bi, hi, i), &qs, &gs, &ps, &ds);
     float m, l;
     row_probabilities(qs, K, bi, hi, n, hd, scale, ps, &m, &l);
     const float inv = 1.0f / l;
@@ -400,16 +407,8 @@ extern "C" __global__ void pw_attention_bwd_kv(
     int bi, hi, j;
     attention_row(row, h, n, &bi, &hi, &j);
     const Heads Q = {q, qb, qh, qn}, K = {k, kb, kh, kn}, V = {v, vb, vh, vn}, G = {g, gb, gh, gn};
-    float *ks = smem + warp * 2 * (hd + n);
-    float *vs = ks + hd;
-    float *ps = vs + hd;
-    float *ds = ps + n;
-    const float *kr = K.at(bi, hi, j), *vr = V.at(bi, hi, j);
-    for (int d = lane; d < hd; d += 32) {
-        ks[d] = kr[d];
-        vs[d] = vr[d];
-    }
-    __syncwarp();
+    float *ks, *vs, *ps, *ds;
+    stage_rows(smem, warp, lane, hd, n, K.at(bi, hi, j), V.at(bi, hi, j), &ks, &vs, &ps, &ds);
     const float *st = stats + 2 * ((long long)bi * h + hi) * n;
     for (int i = lane; i < n; i += 32) {
         const float p = expf(dot_row(ks, Q.at(bi, hi, i), hd) * scale - st[2 * i]);
